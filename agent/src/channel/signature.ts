@@ -1,0 +1,146 @@
+/**
+ * Detached OpenPGP signatures over channel metadata, with pinned keys only.
+ *
+ * We never trust `signatures[i].verified` as a value: it is a promise that
+ * rejects on a bad signature, and a truthy check on it passes for every
+ * signature (the mistake behind several openpgp.js advisories). Each one is
+ * awaited in a try, and only a pinned key whose signature resolves counts.
+ * Keys are counted by primary fingerprint, so one key signing twice is one
+ * vote toward the threshold.
+ */
+import * as openpgp from 'openpgp';
+import { readFile } from 'node:fs/promises';
+import { LiveupError } from './errors.js';
+
+export interface PinnedKeyring {
+  readonly keys: readonly openpgp.PublicKey[];
+  /** Upper-case hex primary-key fingerprints, in file order. */
+  readonly fingerprints: readonly string[];
+  readonly source: string;
+}
+
+export async function parseKeyring(armored: string, source: string): Promise<PinnedKeyring> {
+  let keys: openpgp.Key[];
+  try {
+    keys = await openpgp.readKeys({ armoredKeys: armored });
+  } catch (e) {
+    throw new LiveupError('KEYRING_INVALID', `${source}: not an OpenPGP public keyring (${(e as Error).message})`, { file: source });
+  }
+  if (keys.length === 0) throw new LiveupError('KEYRING_INVALID', `${source}: holds no key`, { file: source });
+  const pub = keys.map((k) => (k.isPrivate() ? k.toPublic() : (k as openpgp.PublicKey)));
+  return { keys: pub, fingerprints: pub.map((k) => k.getFingerprint().toUpperCase()), source };
+}
+
+export async function loadKeyring(path: string): Promise<PinnedKeyring> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    throw new LiveupError('KEYRING_INVALID', `cannot read keyring ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { file: path });
+  }
+  return parseKeyring(text, path);
+}
+
+export async function loadPrivateKey(path: string): Promise<openpgp.PrivateKey> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    throw new LiveupError('KEYRING_INVALID', `cannot read private key ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { file: path });
+  }
+  try {
+    const key = await openpgp.readPrivateKey({ armoredKey: text });
+    if (!key.isDecrypted()) {
+      throw new Error('the key is passphrase-protected; liveup signs with an unencrypted key kept at mode 0600 (or on a signing host)');
+    }
+    return key;
+  } catch (e) {
+    throw new LiveupError('KEYRING_INVALID', `${path}: not a usable OpenPGP private key (${(e as Error).message})`, { file: path });
+  }
+}
+
+/** One binary detached signature packet per key, concatenated (what `gpg --detach-sign` makes). */
+export async function signDetached(data: Uint8Array, keys: readonly openpgp.PrivateKey[], date = new Date()): Promise<Uint8Array> {
+  const message = await openpgp.createMessage({ binary: data });
+  return openpgp.sign({ message, signingKeys: [...keys], detached: true, format: 'binary', date });
+}
+
+export interface SignatureCheck {
+  /** Fingerprints of the distinct pinned keys whose signature holds. */
+  readonly signers: readonly string[];
+}
+
+const ARMOR_HEADER = /^-----BEGIN PGP ([A-Z ,0-9/]+)-----/;
+
+async function readDetached(sig: Uint8Array, source: string): Promise<openpgp.Signature> {
+  const head = Buffer.from(sig.subarray(0, 64)).toString('latin1').trimStart();
+  const armor = ARMOR_HEADER.exec(head);
+  try {
+    if (armor) {
+      if (armor[1] !== 'SIGNATURE') throw new Error(`an armored "${armor[1]}" block is not a detached signature`);
+      return await openpgp.readSignature({ armoredSignature: Buffer.from(sig).toString('utf8') });
+    }
+    return await openpgp.readSignature({ binarySignature: sig });
+  } catch (e) {
+    throw new LiveupError('SIGNATURE_INVALID', `${source}: unreadable signature (${(e as Error).message})`, { file: source });
+  }
+}
+
+export async function verifyDetached(
+  data: Uint8Array,
+  sig: Uint8Array,
+  keyring: PinnedKeyring,
+  opts: { threshold: number; now: Date; source: string },
+): Promise<SignatureCheck> {
+  const { source } = opts;
+  if (!Number.isInteger(opts.threshold) || opts.threshold < 1) {
+    throw new LiveupError('INVALID_ARGUMENT', `signature threshold must be a positive integer, got ${opts.threshold}`);
+  }
+  const signature = await readDetached(sig, source);
+  const packets = [...signature.packets];
+  if (packets.length === 0) throw new LiveupError('SIGNATURE_INVALID', `${source}: the signature file holds no signature`, { file: source });
+  for (const p of packets) {
+    // Only signatures over a binary document: a key certification or a
+    // cleartext/text signature over the same bytes is not what we asked for.
+    if (p.signatureType !== openpgp.enums.signature.binary) {
+      throw new LiveupError('SIGNATURE_INVALID', `${source}: not a detached signature over binary data (type ${String(p.signatureType)})`, { file: source });
+    }
+  }
+  const message = await openpgp.createMessage({ binary: data });
+  const result = await openpgp.verify({
+    message,
+    signature,
+    verificationKeys: [...keyring.keys],
+    date: opts.now,
+    format: 'binary',
+  });
+  const signers = new Set<string>();
+  let pinnedButBad = 0;
+  let lastError = '';
+  for (const s of result.signatures) {
+    const key = keyring.keys.find((k) => k.getKeys(s.keyID).length > 0);
+    if (!key) continue;
+    try {
+      await s.verified;
+      signers.add(key.getFingerprint().toUpperCase());
+    } catch (e) {
+      pinnedButBad++;
+      lastError = (e as Error).message;
+    }
+  }
+  if (signers.size === 0) {
+    if (pinnedButBad > 0) {
+      throw new LiveupError('SIGNATURE_INVALID', `${source}: signature does not verify (${lastError})`, { file: source });
+    }
+    const ids = result.signatures.map((s) => s.keyID.toHex().toUpperCase()).join(', ');
+    throw new LiveupError('KEY_NOT_TRUSTED', `${source}: signed by key ${ids}, which is not in the pinned keyring ${keyring.source}`, { file: source, keyIds: ids });
+  }
+  if (signers.size < opts.threshold) {
+    throw new LiveupError(
+      'SIGNATURE_THRESHOLD',
+      `${source}: ${signers.size} distinct trusted key(s) signed, ${opts.threshold} required`,
+      { file: source, signers: signers.size, threshold: opts.threshold },
+    );
+  }
+  return { signers: [...signers] };
+}

@@ -1,0 +1,167 @@
+/** `liveup`: the publisher-side command line. One entry per verb; the work lives in the modules. */
+import { readFile } from 'node:fs/promises';
+import { LiveupError } from '../../agent/src/channel/errors.js';
+import { loadKeyring, loadPrivateKey } from '../../agent/src/channel/signature.js';
+import { openSource } from '../../agent/src/channel/source.js';
+import {
+  EXIT, optInt, optString, parseDuration, requireString, runCli, stringList, type Command,
+} from '../../agent/src/cli/framework.js';
+import { generateKey } from './key.js';
+import { publish } from './publish.js';
+import { listChannels } from './repo.js';
+import { serve } from './serve.js';
+import { verifyRepo } from './verify-repo.js';
+
+const keyGenerate: Command = {
+  path: ['key', 'generate'],
+  summary: 'generate an Ed25519 OpenPGP signing key pair',
+  usage: '--out DIR [--name NAME] [--email ADDR] [--force]',
+  description: 'Writes DIR/NAME.key.asc (private, mode 0600) and DIR/NAME.pub.asc (the public key agents pin).',
+  options: {
+    out: { type: 'string', description: 'directory for the key files', valueName: 'DIR' },
+    name: { type: 'string', description: 'key name, used in file names and the user ID', default: 'liveup' },
+    email: { type: 'string', description: 'e-mail address for the user ID' },
+    force: { type: 'boolean', description: 'overwrite existing key files' },
+  },
+  async run({ values, io, json }) {
+    const k = await generateKey({
+      outDir: requireString(values, 'out'),
+      name: optString(values, 'name') ?? 'liveup',
+      email: optString(values, 'email'),
+      force: values.force === true,
+    });
+    if (json) io.out(JSON.stringify({ ok: true, ...k }));
+    else {
+      io.out(`fingerprint ${k.fingerprint}`);
+      io.out(`private key ${k.privateKeyPath} (mode 0600: keep it off the machines you update)`);
+      io.out(`public key  ${k.publicKeyPath} (pin this on every agent)`);
+    }
+    return EXIT.OK;
+  },
+};
+
+const publishCmd: Command = {
+  path: ['publish'],
+  summary: 'sign a generation directory into a channel repository',
+  usage: '--repo REPO --channel NAME --key PRIVATE.asc [--expires 30d] [--version N] GENDIR',
+  description:
+    'GENDIR holds filesystem.squashfs, vmlinuz and initrd.img, and optionally packages.json and\n' +
+    'generation.json (name, kernel, parent, package changes with their .deb files) as written by\n' +
+    '`liveup build` / `liveup derive`. The generation lands in REPO/generations/<version>/, then the\n' +
+    'channel index is re-signed; readers never see a half-published state.',
+  positionals: { min: 1, max: 1 },
+  options: {
+    repo: { type: 'string', description: 'channel repository directory', valueName: 'REPO' },
+    channel: { type: 'string', description: 'channel name', valueName: 'NAME' },
+    key: { type: 'string', multiple: true, description: 'armored private signing key (repeat for threshold signing)', valueName: 'PRIVATE.asc' },
+    expires: { type: 'string', description: 'how long the channel index stays valid', default: '30d', valueName: 'DURATION' },
+    'manifest-expires': { type: 'string', description: 'how long the manifest stays valid', default: '365d', valueName: 'DURATION' },
+    version: { type: 'string', description: 'version number (default: highest in the repository + 1)', valueName: 'N' },
+    name: { type: 'string', description: 'generation name (default: from generation.json, else CHANNEL-VERSION)' },
+    arch: { type: 'string', description: 'Debian architecture (default: from generation.json, else this host)' },
+    cmdline: { type: 'string', description: 'kernel command line (default: from generation.json, else "boot=live components")' },
+  },
+  async run({ values, positionals, io, json }) {
+    const keyPaths = stringList(values, 'key');
+    if (keyPaths.length === 0) throw new LiveupError('INVALID_ARGUMENT', '--key is required');
+    const keys = await Promise.all(keyPaths.map((p) => loadPrivateKey(p)));
+    const r = await publish({
+      repo: requireString(values, 'repo'),
+      channel: requireString(values, 'channel'),
+      gendir: positionals[0]!,
+      keys,
+      indexTtlMs: parseDuration(optString(values, 'expires') ?? '30d', '--expires'),
+      manifestTtlMs: parseDuration(optString(values, 'manifest-expires') ?? '365d', '--manifest-expires'),
+      version: optInt(values, 'version', { min: 1 }),
+      name: optString(values, 'name'),
+      architecture: optString(values, 'arch'),
+      cmdline: optString(values, 'cmdline'),
+      log: json ? undefined : (l) => io.out(l),
+    });
+    if (json) io.out(JSON.stringify({ ok: true, version: r.version, channel: r.channel, sequence: r.sequence, manifest: r.manifestPath }));
+    else io.out(`published version ${r.version} (${r.manifest.name}) to channel ${r.channel}, index sequence ${r.sequence}`);
+    return EXIT.OK;
+  },
+};
+
+const verifyCmd: Command = {
+  path: ['verify'],
+  summary: 'verify a channel repository: index, every manifest, every artifact',
+  usage: '--repo REPO|URL --keyring PUB.asc [--channel NAME] [--threshold N]',
+  description: 'Exit 0 when everything holds; otherwise one line per problem ("CODE path: message") and exit 1.\nWithout --channel, every channel of a local repository is checked (a URL needs --channel).',
+  options: {
+    repo: { type: 'string', description: 'repository directory, file:// or http(s):// URL', valueName: 'REPO|URL' },
+    keyring: { type: 'string', description: 'armored public key(s) to trust', valueName: 'PUB.asc' },
+    channel: { type: 'string', multiple: true, description: 'channel to verify', valueName: 'NAME' },
+    threshold: { type: 'string', description: 'distinct trusted keys that must have signed', default: '1', valueName: 'N' },
+  },
+  async run({ values, io, json }) {
+    const repo = requireString(values, 'repo');
+    const keyring = await loadKeyring(requireString(values, 'keyring'));
+    let channels = stringList(values, 'channel');
+    if (channels.length === 0) {
+      if (/^https?:/.test(repo)) throw new LiveupError('INVALID_ARGUMENT', '--channel is required when --repo is a URL');
+      channels = await listChannels(repo.replace(/^file:\/\//, ''));
+      if (channels.length === 0) throw new LiveupError('NOT_FOUND', `${repo} holds no channel (no channels/<name> index)`);
+    }
+    const report = await verifyRepo(openSource(repo), {
+      keyring,
+      threshold: optInt(values, 'threshold', { min: 1 }) ?? 1,
+      channels,
+      log: json ? undefined : (l) => io.out(l),
+    });
+    if (json) io.out(JSON.stringify({ ok: report.problems.length === 0, ...report }));
+    else {
+      for (const p of report.problems) io.err(`${p.code} ${p.path}: ${p.message}`);
+      const total = report.channels.reduce((n, c) => n + c.artifacts, 0);
+      const bytes = report.channels.reduce((n, c) => n + c.bytes, 0);
+      io.out(report.problems.length === 0
+        ? `OK: ${channels.length} channel(s), ${total} artifact(s), ${(bytes / 1e6).toFixed(1)} MB verified`
+        : `FAILED: ${report.problems.length} problem(s)`);
+    }
+    return report.problems.length === 0 ? EXIT.OK : EXIT.FAILED;
+  },
+};
+
+const serveCmd: Command = {
+  path: ['serve'],
+  summary: 'serve a channel repository over HTTP (development and tests)',
+  usage: 'REPO [--listen 127.0.0.1:PORT]',
+  description: 'A static server with Range support. Production uses any static server: see docs/serving.md.\nPrints the URL once listening; stops on SIGINT/SIGTERM.',
+  positionals: { min: 1, max: 1 },
+  options: {
+    listen: { type: 'string', description: 'address and port (port 0 picks a free one)', default: '127.0.0.1:8080', valueName: 'ADDR:PORT' },
+    quiet: { type: 'boolean', short: 'q', description: 'do not log requests' },
+  },
+  async run({ values, positionals, io, json }) {
+    const listen = optString(values, 'listen') ?? '127.0.0.1:8080';
+    const m = /^(.*):(\d+)$/.exec(listen);
+    if (!m) throw new LiveupError('INVALID_ARGUMENT', `--listen must be ADDR:PORT, got "${listen}"`);
+    const s = await serve({
+      root: positionals[0]!,
+      host: m[1]!.replace(/^\[|\]$/g, ''),
+      port: Number(m[2]),
+      log: values.quiet ? undefined : (l) => io.err(l),
+    });
+    io.out(json ? JSON.stringify({ ok: true, url: s.url, port: s.port }) : `serving ${positionals[0]} at ${s.url}`);
+    await new Promise<void>((done) => {
+      const stop = () => void s.close().then(done);
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+    return EXIT.OK;
+  },
+};
+
+export const COMMANDS: Command[] = [keyGenerate, publishCmd, verifyCmd, serveCmd];
+
+export const BLURB = 'liveup: build, sign and publish generations of live Debian systems.';
+
+export async function main(argv: readonly string[]): Promise<number> {
+  if (argv[0] === '--version') {
+    const pkg = JSON.parse(await readFile(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+    process.stdout.write(`liveup ${pkg.version}\n`);
+    return EXIT.OK;
+  }
+  return runCli('liveup', BLURB, COMMANDS, argv);
+}
