@@ -11,7 +11,7 @@ export interface GeneratedKey {
   readonly publicKeyPath: string;
 }
 
-export async function generateKey(opts: { outDir: string; name: string; email?: string; force?: boolean }): Promise<GeneratedKey> {
+export async function generateKey(opts: { outDir: string; name: string; email?: string; force?: boolean; createdAt?: Date }): Promise<GeneratedKey> {
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(opts.name)) {
     throw new LiveupError('INVALID_ARGUMENT', `key name "${opts.name}" may only hold letters, digits, ".", "_" and "-"`);
   }
@@ -21,7 +21,7 @@ export async function generateKey(opts: { outDir: string; name: string; email?: 
   if (!opts.force) {
     for (const p of [privateKeyPath, publicKeyPath]) {
       const exists = await access(p).then(() => true, () => false);
-      if (exists) throw new LiveupError('INVALID_ARGUMENT', `${p} already exists; refusing to overwrite a key (use --force)`, { file: p });
+      if (exists) throw new LiveupError('ALREADY_EXISTS', `${p} already exists; refusing to overwrite a key (use --force)`, { file: p });
     }
   }
   // ed25519Legacy (EdDSA, a v4 key) rather than RFC 9580's new Ed25519: the
@@ -32,6 +32,7 @@ export async function generateKey(opts: { outDir: string; name: string; email?: 
     curve: 'ed25519Legacy',
     userIDs: [{ name: `liveup ${opts.name}`, ...(opts.email ? { email: opts.email } : {}) }],
     format: 'armored',
+    ...(opts.createdAt ? { date: opts.createdAt } : {}),
   });
   const key = await openpgp.readKey({ armoredKey: publicKey });
   await writeFileAtomic(privateKeyPath, privateKey, { mode: 0o600 });

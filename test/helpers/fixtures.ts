@@ -20,8 +20,9 @@ export interface TestKey {
   readonly fingerprint: string;
 }
 
-export async function makeKey(dir: string, name = 'test'): Promise<TestKey> {
-  const k = await generateKey({ outDir: dir, name });
+/** A real key; created a week ago by default so tests may sign "in the past". */
+export async function makeKey(dir: string, name = 'test', createdAt = new Date(Date.now() - 7 * 86400e3)): Promise<TestKey> {
+  const k = await generateKey({ outDir: dir, name, createdAt });
   return {
     priv: await loadPrivateKey(k.privateKeyPath),
     keyring: await loadKeyring(k.publicKeyPath),

@@ -20,14 +20,19 @@ export interface PinnedKeyring {
 }
 
 export async function parseKeyring(armored: string, source: string): Promise<PinnedKeyring> {
-  let keys: openpgp.Key[];
+  const keys: openpgp.Key[] = [];
   try {
-    keys = await openpgp.readKeys({ armoredKeys: armored });
+    // A keyring file is often several armored blocks pasted one after another;
+    // openpgp.readKeys reads only the first block, so split them ourselves.
+    const blocks = armored.match(/-----BEGIN PGP (?:PUBLIC|PRIVATE) KEY BLOCK-----[\s\S]*?-----END PGP (?:PUBLIC|PRIVATE) KEY BLOCK-----/g) ?? [armored];
+    for (const b of blocks) keys.push(...(await openpgp.readKeys({ armoredKeys: b })));
   } catch (e) {
     throw new LiveupError('KEYRING_INVALID', `${source}: not an OpenPGP public keyring (${(e as Error).message})`, { file: source });
   }
   if (keys.length === 0) throw new LiveupError('KEYRING_INVALID', `${source}: holds no key`, { file: source });
   const pub = keys.map((k) => (k.isPrivate() ? k.toPublic() : (k as openpgp.PublicKey)));
+  const fps = new Set(pub.map((k) => k.getFingerprint()));
+  if (fps.size !== pub.length) throw new LiveupError('KEYRING_INVALID', `${source}: the same key is listed twice`, { file: source });
   return { keys: pub, fingerprints: pub.map((k) => k.getFingerprint().toUpperCase()), source };
 }
 
