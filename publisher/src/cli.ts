@@ -112,7 +112,7 @@ const verifyCmd: Command = {
     });
     if (json) io.out(JSON.stringify({ ok: report.problems.length === 0, ...report }));
     else {
-      for (const p of report.problems) io.err(`${p.code} ${p.path}: ${p.message}`);
+      for (const p of report.problems) io.err(`${p.code} ${p.message.startsWith(p.path) ? p.message : `${p.path}: ${p.message}`}`);
       const total = report.channels.reduce((n, c) => n + c.artifacts, 0);
       const bytes = report.channels.reduce((n, c) => n + c.bytes, 0);
       io.out(report.problems.length === 0

@@ -62,6 +62,7 @@ export async function verifyRepo(
         ...m.artifacts.map((a): [string, ArtifactRef] => [a.path, a]),
         ...m.changes.flatMap((c): [string, ArtifactRef][] => (c.action === 'remove' ? [] : [[c.deb.path, c.deb]])),
       ];
+      let ok = 0;
       for (const [rel, ref] of refs) {
         const path = artifactPath(m.version, rel);
         try {
@@ -69,11 +70,12 @@ export async function verifyRepo(
           await verifyArtifactStream(stream, ref, path, path);
           summary.artifacts++;
           summary.bytes += ref.length;
+          ok++;
         } catch (e) {
           note(path, e);
         }
       }
-      log(`  version ${m.version} (${m.name}): manifest and ${refs.length} artifact(s) checked`);
+      log(`  version ${m.version} (${m.name}): manifest ok, ${ok} of ${refs.length} artifact(s) ok`);
     }
   }
   return { channels, problems };
