@@ -14,8 +14,8 @@ export class Reader {
   ) {}
 
   fail(path: string, problem: string): never {
-    const where = path ? ` at "${path}"` : '';
-    throw new LiveupError(this.code, `${this.source}: ${problem}${where}`, { file: this.source, key: path });
+    const where = path ? `${path}: ` : '';
+    throw new LiveupError(this.code, `${this.source}: ${where}${problem}`, { file: this.source, key: path });
   }
 
   object(v: unknown, path: string, allowed?: readonly string[]): Record<string, unknown> {
