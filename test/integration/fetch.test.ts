@@ -2,6 +2,7 @@
  * fetchArtifact against real servers on 127.0.0.1: `liveup serve` for the
  * well-behaved path, small node:http servers for each kind of misbehaviour.
  */
+import { execFileSync } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -325,6 +326,16 @@ describe('fetchArtifact', () => {
     const { url, seen } = await mini((_req, res) => res.writeHead(404).end());
     const e = await rejection(fetchArtifact(await opts({ mirrors: [url], retries: 3 })));
     expect(e.code).toBe('NOT_FOUND');
+    expect(seen).toHaveLength(1);
+  });
+
+  it('a full local disk is NO_SPACE at once, not a mirror failure to retry', async () => {
+    const dir = await tmp('liveup-dl-');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir]);
+    closers.push(async () => void execFileSync('umount', [dir]));
+    const { url, seen } = await mini((req, res) => honest(req, res));
+    const e = await rejection(fetchArtifact({ ...(await opts({ mirrors: [url, url], retries: 3 })), dest: join(dir, 'vmlinuz') }));
+    expect(e.code).toBe('NO_SPACE');
     expect(seen).toHaveLength(1);
   });
 

@@ -17,7 +17,9 @@ export interface ThroughputOptions {
   readonly graceMs: number;
   /** Called once, when the rate falls below the floor. */
   readonly onTooSlow: (rate: number) => void;
+  /** Test hooks: a fake clock, and `false` to drive `tick()` by hand instead of a timer. */
   readonly now?: () => number;
+  readonly autoTick?: boolean;
 }
 
 export class ThroughputGuard {
@@ -25,13 +27,14 @@ export class ThroughputGuard {
   private readonly started: number;
   private total = 0;
   private timer: NodeJS.Timeout | undefined;
+  private done = false;
   private readonly now: () => number;
 
   constructor(private readonly opts: ThroughputOptions) {
     this.now = opts.now ?? (() => performance.now());
     this.started = this.now();
     this.samples.push({ t: this.started, bytes: 0 });
-    if (opts.minBytesPerSecond > 0) {
+    if (opts.minBytesPerSecond > 0 && opts.autoTick !== false) {
       // A few ticks per window: fine enough to cut within ~a quarter window of the verdict.
       this.timer = setInterval(() => this.tick(), Math.max(20, Math.min(1000, opts.windowMs / 4)));
       this.timer.unref();
@@ -44,6 +47,7 @@ export class ThroughputGuard {
 
   /** Exposed for tests with a fake clock; the interval calls it otherwise. */
   tick(): void {
+    if (this.done || this.opts.minBytesPerSecond <= 0) return;
     const t = this.now();
     this.samples.push({ t, bytes: this.total });
     if (t - this.started < this.opts.graceMs) return;
@@ -60,6 +64,7 @@ export class ThroughputGuard {
   }
 
   stop(): void {
+    this.done = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
   }
