@@ -40,7 +40,7 @@ export interface FetchArtifactOptions {
   /** Final name; the download lives at `<dest>.part`, which is what the result points at. */
   readonly dest: string;
   readonly credentials?: HttpCredentials;
-  /** Whole call, all mirrors and retries included. The `.part` is kept for the next call. */
+  /** Whole call, all mirrors and retries included (Infinity: none). The `.part` is kept for the next call. */
   readonly deadlineMs: number;
   /** Floor for the transfer rate; 0 disables. */
   readonly minBytesPerSecond: number;
@@ -72,17 +72,21 @@ export async function fetchArtifact(opts: FetchArtifactOptions): Promise<Verifie
   const { ref, rel } = opts;
   if (opts.mirrors.length === 0) throw new LiveupError('INVALID_ARGUMENT', `${rel}: no mirror to fetch from`);
   const mirrors: Mirror[] = opts.mirrors.map((m) => (typeof m === 'string' ? { url: m } : m));
+  if (!Number.isInteger(opts.retries) || opts.retries < 0 || !(opts.deadlineMs > 0) || !(opts.backoffMs >= 0) || !(opts.minBytesPerSecond >= 0)) {
+    throw new LiveupError('INVALID_ARGUMENT', `${rel}: retries must be an integer ≥ 0, deadlineMs > 0, backoffMs and minBytesPerSecond ≥ 0`);
+  }
   const partPath = partPathFor(opts.dest);
 
   // One controller for the whole call: the caller's cancel and the deadline
   // both end up here, each with its own reason, so every wait and every
   // transfer below stops on either.
   const overall = new AbortController();
-  const deadline = setTimeout(() => {
+  // Infinity means no deadline; setTimeout would also fire at once past 2^31-1 ms, so clamp.
+  const deadline = !Number.isFinite(opts.deadlineMs) ? undefined : setTimeout(() => {
     overall.abort(new LiveupError('FETCH_FAILED', `${rel}: not complete within the ${opts.deadlineMs} ms deadline (the partial download is kept for resuming)`, {
       file: rel, reason: 'deadline', deadlineMs: opts.deadlineMs,
     }));
-  }, opts.deadlineMs);
+  }, Math.min(opts.deadlineMs, 2 ** 31 - 1));
   const onCancel = () => overall.abort(new LiveupError('FETCH_FAILED', `${rel}: cancelled`, { file: rel, reason: 'cancelled' }, { cause: opts.signal?.reason }));
   if (opts.signal?.aborted) onCancel();
   else opts.signal?.addEventListener('abort', onCancel, { once: true });
