@@ -37,6 +37,8 @@ export const ERROR_CODES = [
   'UNKNOWN_GENERATION',
   'INVALID_ARGUMENT',
   'COMMAND_FAILED',
+  /** grubenv is not a 1024-byte GRUB environment block; recreate it (`create`). */
+  'BOOT_ENV_INVALID',
   'INTERNAL',
 ] as const;
 
