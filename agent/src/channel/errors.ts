@@ -38,6 +38,8 @@ export const ERROR_CODES = [
   'INVALID_ARGUMENT',
   'ALREADY_EXISTS',
   'COMMAND_FAILED',
+  /** grubenv is not a 1024-byte GRUB environment block; recreate it (`create`). */
+  'BOOT_ENV_INVALID',
   'INTERNAL',
 ] as const;
 

@@ -1,0 +1,35 @@
+import { describe, expect, it } from 'vitest';
+import { run } from '../../agent/src/adapters/exec.js';
+import { isLiveupError } from '../../agent/src/channel/errors.js';
+
+async function failure(p: Promise<unknown>): Promise<{ message: string; details: Record<string, unknown> }> {
+  const e = await p.then(() => null, (err: unknown) => err);
+  expect(isLiveupError(e, 'COMMAND_FAILED'), String(e)).toBe(true);
+  return e as { message: string; details: Record<string, unknown> };
+}
+
+describe('exec.run', () => {
+  it('captures stdout, stderr and passes stdin; no shell re-parsing', async () => {
+    const r = await run('sh', ['-c', 'cat; echo err >&2; printf "%s" "$1"', 'sh', '$HOME; rm -rf /'], { input: 'in\n' });
+    expect(r).toEqual({ stdout: 'in\n$HOME; rm -rf /', stderr: 'err\n', exitCode: 0 });
+  });
+
+  it('runs with LC_ALL=C unless overridden', async () => {
+    expect((await run('sh', ['-c', 'echo $LC_ALL'])).stdout).toBe('C\n');
+    expect((await run('sh', ['-c', 'echo $LC_ALL $X'], { env: { LC_ALL: 'C.UTF-8', X: 'y' } })).stdout).toBe('C.UTF-8 y\n');
+  });
+
+  it('a non-zero exit is COMMAND_FAILED with stderr, unless allowed', async () => {
+    const e = await failure(run('sh', ['-c', 'echo boom >&2; exit 3']));
+    expect(e.message).toBe('sh -c echo boom >&2; exit 3 exited with 3: boom');
+    expect(e.details).toMatchObject({ exitCode: 3, stderr: 'boom\n' });
+    expect((await run('sh', ['-c', 'exit 1'], { okExitCodes: [0, 1] })).exitCode).toBe(1);
+  });
+
+  it('a missing binary and a timeout are COMMAND_FAILED too', async () => {
+    expect((await failure(run('/nonexistent/tool', []))).message).toMatch(/could not be started \(ENOENT\)/);
+    const t = await failure(run('sleep', ['5'], { timeoutMs: 200 }));
+    expect(t.message).toMatch(/timed out after 200 ms/);
+    expect(t.details.timedOut).toBe(true);
+  });
+});
