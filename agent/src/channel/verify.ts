@@ -49,6 +49,8 @@ export class VerifiedManifest {
     readonly signers: readonly string[],
     /** The exact signed bytes, for staging beside the image (the boot side re-verifies them). */
     readonly bytes: Uint8Array,
+    /** The detached signature that held over `bytes`, staged beside them. */
+    readonly signature: Uint8Array,
   ) {
     minted(token);
   }
@@ -142,7 +144,7 @@ export async function verifyManifest(
       file: source, expected: ctx.minVersion, actual: manifest.version,
     });
   }
-  return new VerifiedManifest(MINT, manifest, signers, bytes);
+  return new VerifiedManifest(MINT, manifest, signers, bytes, sig);
 }
 
 /** Whole-buffer length + SHA-512 check, for small files already in memory. */

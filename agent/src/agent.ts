@@ -1,0 +1,633 @@
+/**
+ * The agent: what `liveup-agentd` does, as one object the D-Bus service, the
+ * scheduler and the inbox call. It owns no policy of its own — the planner,
+ * the boot menu and rollback are pure functions in core/ — and no IO of its
+ * own — each external system is an adapter. What it does is the order of
+ * things and the journal: a row marks each step before it starts, so a crash
+ * at any point is visible and reconciled at the next start.
+ */
+import { readFile, readdir, rm, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fetchVerifiedIndex, fetchVerifiedManifest } from './channel/client.js';
+import { LiveupError, toLiveupError, type ErrorCode } from './channel/errors.js';
+import { artifactPath } from './channel/layout.js';
+import { loadKeyring, type PinnedKeyring } from './channel/signature.js';
+import { openSource, type RepoSource } from './channel/source.js';
+import { verifyArtifactFile, verifyManifest, type VerifiedArtifact, type VerifiedIndex, type VerifiedManifest } from './channel/verify.js';
+import type { HttpCredentials } from './adapters/http.js';
+import { fetchArtifact } from './adapters/fetch.js';
+import type { GrubEnv } from './adapters/grubenv.js';
+import type { Generation as JournalGeneration, Journal } from './adapters/journal.js';
+import { listStaged, reconcileStaging, removeGeneration, stageGeneration } from './adapters/stage.js';
+import type { AgentConfig } from './config.js';
+import { ENV_TRIES_LEFT, ENV_TRY_VERSION, ENV_NEXT_ENTRY, renderBootMenu, trialEnv, entryId } from './core/bootmenu.js';
+import type { GenerationInfo as CoreGeneration, GenerationState as CoreState } from './core/generation.js';
+import { gcPlan, lastGoodOf, planUpdate, type CurrentState } from './core/plan.js';
+import { chooseRollbackTarget } from './core/rollback.js';
+import {
+  AgentEventHub, type AgentApi, type AgentProperties, type AgentStateName, type AgentStatus, type CheckResult,
+  type GcResult, type GenerationInfo, type HistoryEntry, type HistoryKind, type RollbackOptions, type UpdateOptions, type UpdateResult,
+} from './dbus/api.js';
+import type { Logger } from './util/log.js';
+import { writeFileAtomic, ensureDir } from './util/fsatomic.js';
+
+export interface AgentDeps {
+  readonly config: AgentConfig;
+  readonly journal: Journal;
+  readonly grubenv: GrubEnv;
+  readonly log: Logger;
+  /** The version running now (from the initramfs hook's record or the kernel command line). */
+  readonly bootedVersion: () => Promise<number | null>;
+  /** When the scheduler runs next, for `status`. */
+  readonly nextCheck?: () => Date | null;
+  readonly now?: () => Date;
+}
+
+interface Target {
+  readonly source: RepoSource;
+  readonly manifest: VerifiedManifest;
+}
+
+/** The journal's lifecycle, seen by the pure core (which does not know downloads). */
+function coreState(g: JournalGeneration): CoreState | null {
+  switch (g.state) {
+    case 'staged':
+    case 'booted':
+    case 'good':
+    case 'failed':
+      return g.state;
+    case 'removed':
+      // Removed from the medium; what it was still matters (a failed one stays failed).
+      return g.failedAt ? 'failed' : g.goodAt ? 'good' : 'staged';
+    default:
+      return null; // available / downloading: not on the medium, nothing to plan around
+  }
+}
+
+const BOOT_TRIES = 1;
+
+export class Agent implements AgentApi {
+  readonly events = new AgentEventHub();
+  #config: AgentConfig;
+  #keyring: PinnedKeyring | null = null;
+  #state: AgentStateName = 'idle';
+  #booted: number | null = null;
+  #lastCheck: AgentStatus['lastCheck'] = null;
+  #pending: number | null = null;
+  #transaction: AgentStatus['transaction'] = null;
+  readonly #journal: Journal;
+  readonly #grubenv: GrubEnv;
+  readonly #log: Logger;
+  readonly #now: () => Date;
+
+  constructor(private readonly deps: AgentDeps) {
+    this.#config = deps.config;
+    this.#journal = deps.journal;
+    this.#grubenv = deps.grubenv;
+    this.#log = deps.log;
+    this.#now = deps.now ?? (() => new Date());
+  }
+
+  get config(): AgentConfig {
+    return this.#config;
+  }
+
+  /** A new configuration (chokidar reload): the keyring is re-read on next use. */
+  setConfig(config: AgentConfig): void {
+    this.#config = config;
+    this.#keyring = null;
+  }
+
+  get #paths() {
+    const c = this.#config;
+    return {
+      grubCfg: join(c.bootDir, 'grub', 'grub.cfg'),
+      grubenv: join(c.bootDir, 'grub', 'grubenv'),
+      downloads: join(c.stateDir, 'downloads'),
+    };
+  }
+
+  // ---------------------------------------------------------------- start-up
+
+  /**
+   * Reconcile what a crash left: steps started and never ended are closed as
+   * failed (`interrupted`), half-staged directories removed, downloads whose
+   * generation is no longer wanted deleted (the others resume from `.part`).
+   */
+  async start(): Promise<void> {
+    for (const step of this.#journal.inProgress()) {
+      this.#journal.endStep(step.id, 'failed', 'INTERNAL', 'interrupted: the agent stopped before this step ended');
+      this.#log.warn({ step: step.kind, version: step.version, id: step.id }, 'step interrupted by a previous stop');
+      if (step.version !== null && step.kind === 'fetch') {
+        const g = this.#journal.getGeneration(step.version);
+        if (g?.state === 'downloading') this.#journal.setState(step.version, 'available');
+      }
+    }
+    const removed = await reconcileStaging(this.#config.bootDir);
+    for (const r of removed) this.#log.warn({ path: r }, 'removed a half-staged generation');
+    if (removed.length) this.#journal.event({ kind: 'reconciled', message: `removed half-staged ${removed.join(', ')}` });
+    this.#booted = await this.deps.bootedVersion();
+    if (this.#booted !== null) await this.#recordBoot(this.#booted);
+  }
+
+  /** The running generation in the journal: known (from its staged manifest) and marked booted. */
+  async #recordBoot(version: number): Promise<void> {
+    const g = this.#journal.getGeneration(version);
+    if (!g) {
+      const m = await readFile(join(this.#config.bootDir, 'live', String(version), 'manifest.json'), 'utf8')
+        .then((t) => JSON.parse(t) as { name?: string; kernel?: { version?: string; cmdline?: string }; parent?: number | null })
+        .catch(() => null);
+      this.#journal.upsertGeneration({
+        version,
+        name: m?.name ?? `generation-${version}`,
+        channel: this.#config.channel,
+        state: 'booted',
+        kernelVersion: m?.kernel?.version ?? null,
+        cmdline: m?.kernel?.cmdline ?? null,
+        parent: m?.parent ?? null,
+      });
+    } else if (g.state === 'staged') {
+      this.#journal.setState(version, 'booted');
+    }
+    // A booted generation is trusted: nothing lower may be installed behind it.
+    this.#journal.raiseFloor({ version });
+  }
+
+  // ---------------------------------------------------------------- state
+
+  properties(): AgentProperties {
+    return { state: this.#state, bootedVersion: this.#booted, stagedVersion: this.#stagedNext() };
+  }
+
+  #setState(s: AgentStateName): void {
+    if (this.#state === s) return;
+    this.#state = s;
+    this.events.emitStateChanged(this.properties());
+  }
+
+  /** The newest staged generation that is neither booted nor failed: what the next boot tries. */
+  #stagedNext(): number | null {
+    const gens = this.#journal.listGenerations().filter((g) => g.state === 'staged' && g.version !== this.#booted);
+    return gens.length ? Math.max(...gens.map((g) => g.version)) : null;
+  }
+
+  async #current(): Promise<CurrentState & { present: number[] }> {
+    const present = await listStaged(this.#config.bootDir);
+    const generations = this.#journal
+      .listGenerations()
+      .map((g) => ({ version: g.version, state: coreState(g) }))
+      .filter((g): g is CoreGeneration => g.state !== null);
+    const env = await this.#grubenv.read(this.#paths.grubenv).catch(() => ({}) as Record<string, string>);
+    const tryVersion = Number(env[ENV_TRY_VERSION] ?? '') || null;
+    return {
+      booted: this.#booted,
+      staged: present,
+      present,
+      generations,
+      floor: this.#journal.floor().version,
+      pinned: this.#journal.listGenerations().filter((g) => g.pinned).map((g) => g.version),
+      tryVersion,
+    };
+  }
+
+  async #trust(): Promise<PinnedKeyring> {
+    this.#keyring ??= await loadKeyring(this.#config.keyring);
+    return this.#keyring;
+  }
+
+  async #credentials(): Promise<HttpCredentials | undefined> {
+    const c = this.#config.credentials;
+    if (!c) return undefined;
+    const read = (p?: string) => (p ? readFile(p, 'utf8') : Promise.resolve(undefined));
+    return {
+      bearerToken: c.bearerToken ?? (await read(c.bearerTokenFile))?.trim(),
+      clientCert: await read(c.clientCert),
+      clientKey: await read(c.clientKey),
+      ca: await read(c.ca),
+    };
+  }
+
+  /** Run a journalled step: a row before it starts, closed with its outcome. */
+  async #step<T>(kind: Parameters<Journal['beginStep']>[0], version: number | null, fn: () => Promise<T>, okMessage?: (r: T) => string): Promise<T> {
+    const id = this.#journal.beginStep(kind, version);
+    try {
+      const r = await fn();
+      this.#journal.endStep(id, 'ok', null, okMessage?.(r) ?? null);
+      return r;
+    } catch (e) {
+      const err = toLiveupError(e);
+      this.#journal.endStep(id, 'failed', err.code, err.message);
+      throw err;
+    }
+  }
+
+  // ---------------------------------------------------------------- check
+
+  /**
+   * Fetch and verify the channel index from the first mirror that answers
+   * with something trustworthy; a mirror serving stale or bad metadata is
+   * skipped, never believed.
+   */
+  async #verifiedIndex(now: Date): Promise<{ index: VerifiedIndex; source: RepoSource }> {
+    const keyring = await this.#trust();
+    const credentials = await this.#credentials();
+    const errors: LiveupError[] = [];
+    for (const mirror of this.#config.mirrors) {
+      const source = openSource(mirror, credentials);
+      try {
+        const index = await fetchVerifiedIndex(source, {
+          keyring, threshold: this.#config.threshold, now, channel: this.#config.channel, minSequence: this.#journal.floor().sequence,
+        });
+        return { index, source };
+      } catch (e) {
+        const err = toLiveupError(e);
+        this.#log.warn({ mirror, code: err.code, err: err.message }, 'mirror refused');
+        errors.push(err);
+      }
+    }
+    // The most telling error: a verification failure beats "unreachable".
+    const order: ErrorCode[] = ['VERSION_ROLLBACK', 'SIGNATURE_INVALID', 'KEY_NOT_TRUSTED', 'SIGNATURE_THRESHOLD', 'METADATA_EXPIRED', 'WRONG_CHANNEL', 'TOO_LARGE', 'SIGNATURE_MISSING'];
+    const worst = errors.find((e) => order.includes(e.code)) ?? errors[0];
+    if (!worst) throw new LiveupError('CONFIG_INVALID', 'no mirror is configured');
+    throw new LiveupError(worst.code, errors.length > 1 ? `all ${errors.length} mirrors failed; ${errors.map((e) => e.message).join('; ')}` : worst.message, worst.details);
+  }
+
+  /** Check the channel; returns the verified target to update to, if any. */
+  async #checkChannel(opts: { version?: number; honourHold: boolean }): Promise<{ result: CheckResult; target: Target | null; reason: string }> {
+    const now = this.#now();
+    return this.#step('check', null, async () => {
+      const { index, source } = await this.#verifiedIndex(now);
+      this.#journal.raiseFloor({ sequence: index.index.sequence });
+      const current = await this.#current();
+      const arch = this.#config.architecture;
+      const hold = opts.honourHold ? this.#journal.getSetting('rollback-hold') : null;
+      const versions = index.index.generations
+        .filter((g) => hold === null || g.version > Number(hold))
+        .map((g) => ({ version: g.version, architecture: g.architecture }));
+      const steps = planUpdate(current, { versions }, { keep: this.#config.keep, architecture: arch }, opts.version !== undefined ? { version: opts.version } : {});
+      const available = index.index.generations.filter((g) => g.architecture === arch).map((g) => g.version);
+      const availableVersion = available.length ? Math.max(...available) : null;
+      const first = steps[0]!;
+      let target: Target | null = null;
+      let reason = first.kind === 'none' ? first.reason : '';
+      const targetVersion = steps.find((s) => s.kind === 'fetch' || s.kind === 'write-menu');
+      if (targetVersion && targetVersion.kind !== 'none' && 'version' in targetVersion) {
+        const v = targetVersion.version;
+        const entry = index.index.generations.find((g) => g.version === v)!;
+        const manifest = await fetchVerifiedManifest(source, entry, {
+          keyring: await this.#trust(), threshold: this.#config.threshold, now, channel: this.#config.channel, architecture: arch,
+          minVersion: opts.version !== undefined ? 0 : this.#journal.floor().version,
+        });
+        const m = manifest.manifest;
+        const known = this.#journal.getGeneration(v);
+        this.#journal.upsertGeneration({
+          version: v, name: m.name, channel: m.channel, ...(known ? {} : { state: 'available' as const }),
+          manifestSha512: entry.manifest.sha512, squashfsSha512: m.artifacts.find((a) => a.role === 'squashfs')?.sha512 ?? null,
+          kernelVersion: m.kernel.version, cmdline: m.kernel.cmdline, parent: m.parent,
+          rebootRequired: m.rebootRequired.required, rebootReasons: m.rebootRequired.reasons,
+        });
+        target = { source, manifest };
+        reason = `generation ${v} (${m.name}) is available`;
+      } else if (targetVersion?.kind === 'write-menu') {
+        reason = `generation ${targetVersion.tryVersion} is staged`;
+      }
+      const pending = target ? target.manifest.manifest.version : null;
+      this.#pending = pending;
+      const downloadBytes = target ? target.manifest.manifest.artifacts.reduce((n, a) => n + a.length, 0) : undefined;
+      const result: CheckResult = {
+        availableVersion,
+        currentVersion: this.#booted,
+        updateAvailable: target !== null,
+        channel: this.#config.channel,
+        expires: index.index.expires,
+        ...(downloadBytes !== undefined ? { downloadBytes } : {}),
+      };
+      this.#lastCheck = { at: now.toISOString(), result: target ? 'update-available' : 'up-to-date', errorCode: null, message: reason };
+      return { result, target, reason };
+    }, (r) => r.reason);
+  }
+
+  async check(): Promise<CheckResult> {
+    this.#setState('checking');
+    try {
+      return (await this.#checkChannel({ honourHold: false })).result;
+    } catch (e) {
+      const err = toLiveupError(e);
+      this.#lastCheck = { at: this.#now().toISOString(), result: 'failed', errorCode: err.code, message: err.message };
+      throw err;
+    } finally {
+      this.#setState('idle');
+    }
+  }
+
+  // ---------------------------------------------------------------- update
+
+  /**
+   * check → fetch → stage → boot menu → gc. `scheduled` runs honour a hold
+   * left by a rollback; an explicit `agentctl update` clears it.
+   */
+  async update(opts: UpdateOptions, how: { scheduled?: boolean; version?: number } = {}): Promise<UpdateResult> {
+    this.#setState('checking');
+    try {
+      if (!how.scheduled) this.#journal.setSetting('rollback-hold', null);
+      const { target, reason } = await this.#checkChannel({ honourHold: how.scheduled === true, ...(how.version !== undefined ? { version: how.version } : {}) });
+      if (!target) {
+        this.#setState(this.#stagedNext() ? 'staged' : 'idle');
+        return { version: null, outcome: 'up-to-date', message: reason };
+      }
+      const staged = await this.#fetchAndStage(target);
+      this.#setState('staged');
+      return {
+        version: staged,
+        outcome: 'staged',
+        message: `generation ${staged} is staged and will be tried at the next boot (fallback: ${(await this.#defaultVersion()) ?? 'none'})` +
+          (opts.applyLive ? '; live apply is not available yet, reboot to switch' : ''),
+      };
+    } catch (e) {
+      const err = toLiveupError(e);
+      if (this.#lastCheck === null || this.#state === 'checking') {
+        this.#lastCheck = { at: this.#now().toISOString(), result: 'failed', errorCode: err.code, message: err.message };
+      }
+      this.#setState('failed');
+      throw err;
+    }
+  }
+
+  async #fetchAndStage(target: Target): Promise<number> {
+    const m = target.manifest.manifest;
+    const v = m.version;
+    const dir = join(this.#paths.downloads, String(v));
+    await ensureDir(dir);
+    this.#setState('downloading');
+    this.#journal.setState(v, 'downloading');
+    const total = m.artifacts.reduce((n, a) => n + a.length, 0);
+    const f = this.#config.fetch;
+    const credentials = await this.#credentials();
+    const artifacts = await this.#step('fetch', v, async () => {
+      const out: VerifiedArtifact[] = [];
+      let before = 0;
+      for (const a of m.artifacts) {
+        const base = before;
+        out.push(await fetchArtifact({
+          mirrors: this.#config.mirrors,
+          rel: artifactPath(v, a.path),
+          ref: a,
+          dest: join(dir, a.path),
+          ...(credentials ? { credentials } : {}),
+          deadlineMs: f.deadlineSeconds * 1000,
+          minBytesPerSecond: f.minBytesPerSecond,
+          retries: f.retries,
+          backoffMs: f.backoffSeconds * 1000,
+          onProgress: (done) => this.events.emitProgress({ step: `fetch ${a.path}`, done: base + done, total }),
+        }));
+        before += a.length;
+      }
+      return out;
+    }, () => `downloaded and verified ${m.artifacts.length} artifacts (${total} bytes)`);
+    return this.#stageVerified(target.manifest, artifacts, dir);
+  }
+
+  /** Stage verified files, then the menu, then gc: the same path for downloads and the inbox. */
+  async #stageVerified(manifest: VerifiedManifest, artifacts: readonly VerifiedArtifact[], workDir: string | null): Promise<number> {
+    const m = manifest.manifest;
+    const v = m.version;
+    this.#setState('staging');
+    await this.#step('stage', v, async () => {
+      await stageGeneration({
+        bootDir: this.#config.bootDir, manifest, manifestSig: manifest.signature, artifacts,
+        reserveBytes: this.#config.freeSpaceReserveMB << 20,
+      });
+    }, () => `staged into live/${v}/`).catch((e: unknown) => {
+      this.#journal.setState(v, 'available');
+      throw e;
+    });
+    this.#journal.upsertGeneration({ version: v, name: m.name, channel: m.channel, state: 'staged' });
+    this.#journal.raiseFloor({ version: v });
+    if (workDir) await rm(workDir, { recursive: true, force: true });
+    await this.#writeMenu(v);
+    await this.#collect(v);
+    return v;
+  }
+
+  // ---------------------------------------------------------------- boot menu
+
+  async #defaultVersion(): Promise<number | null> {
+    const cur = await this.#current();
+    return lastGoodOf(cur.generations, cur.present) ?? this.#booted;
+  }
+
+  /**
+   * Render grub.cfg from the journal and what is on the medium, write it
+   * atomically, and (when `tryVersion` is set) arm a one-shot trial in grubenv.
+   * Order matters: the menu that names the trial is in place before grubenv
+   * points at it, so a crash between the two never boots a missing entry.
+   */
+  async #writeMenu(tryVersion: number | null, defaultOverride?: number): Promise<void> {
+    await this.#step('menu-write', tryVersion, async () => {
+      const cur = await this.#current();
+      const present = new Set(cur.present);
+      const gens = this.#journal.listGenerations().filter((g) => present.has(g.version));
+      const def = defaultOverride ?? lastGoodOf(cur.generations, cur.present) ?? this.#booted ??
+        Math.max(...gens.filter((g) => g.state !== 'failed' && g.version !== tryVersion).map((g) => g.version), -1);
+      if (def === null || def < 1) throw new LiveupError('UNKNOWN_GENERATION', 'no generation on the boot medium can be the default boot entry');
+      const menu = renderBootMenu({
+        generations: gens.map((g) => ({
+          version: g.version, name: g.name, kernelVersion: g.kernelVersion ?? 'unknown', cmdline: g.cmdline ?? 'boot=live components',
+          state: coreState(g) ?? 'staged',
+        })),
+        defaultVersion: def,
+        tryVersion,
+        root: { kind: 'file', path: '/live/.liveup-boot' },
+        timeoutSeconds: 3,
+        serial: true,
+      });
+      await ensureDir(join(this.#config.bootDir, 'grub'));
+      await writeFileAtomic(this.#paths.grubCfg, menu.text);
+      if (tryVersion !== null) await this.#grubenv.set(this.#paths.grubenv, trialEnv(tryVersion, BOOT_TRIES));
+      else await this.#grubenv.unset(this.#paths.grubenv, [ENV_TRY_VERSION, ENV_TRIES_LEFT, ENV_NEXT_ENTRY]).catch(() => undefined);
+    }, () => `grub.cfg written (default ${defaultOverride ?? 'last good'}${tryVersion ? `, trying ${tryVersion} once` : ''})`);
+    await writeFileAtomic(join(this.#config.bootDir, 'live', '.liveup-boot'), 'liveup boot medium\n').catch(() => undefined);
+  }
+
+  // ---------------------------------------------------------------- gc
+
+  async #collect(trial: number | null): Promise<GcResult> {
+    const cur = await this.#current();
+    const onMedium = cur.generations.filter((g) => cur.present.includes(g.version));
+    const remove = gcPlan(onMedium, {
+      booted: this.#booted, lastGood: lastGoodOf(cur.generations, cur.present), pinned: cur.pinned, keep: this.#config.keep, trial,
+    });
+    let freed = 0;
+    for (const v of remove) {
+      freed += await this.#sizeOf(v);
+      await this.#step('gc', v, () => removeGeneration(this.#config.bootDir, v));
+      const g = this.#journal.getGeneration(v);
+      if (g && g.state !== 'failed') this.#journal.setState(v, 'removed');
+      this.#journal.event({ kind: 'gc-removed', version: v, message: `removed live/${v}/` });
+    }
+    if (remove.length) await this.#writeMenu(trial !== null && cur.tryVersion === trial ? trial : cur.tryVersion);
+    return { removed: remove, kept: cur.present.filter((v) => !remove.includes(v)), freedBytes: freed };
+  }
+
+  async #sizeOf(version: number): Promise<number> {
+    const dir = join(this.#config.bootDir, 'live', String(version));
+    const { stat } = await import('node:fs/promises');
+    let n = 0;
+    for (const f of await readdir(dir).catch(() => [] as string[])) n += (await stat(join(dir, f)).catch(() => ({ size: 0 }))).size;
+    return n;
+  }
+
+  async gc(): Promise<GcResult> {
+    return this.#collect(null);
+  }
+
+  // ---------------------------------------------------------------- rollback, pin
+
+  async rollback(version: number | null, opts: RollbackOptions): Promise<UpdateResult> {
+    const cur = await this.#current();
+    if (this.#booted === null) throw new LiveupError('UNKNOWN_GENERATION', 'the running system is not a liveup generation: nothing to roll back from');
+    const target = chooseRollbackTarget(
+      { generations: cur.generations, staged: cur.present, booted: this.#booted },
+      version !== null ? { version } : {},
+    );
+    const id = this.#journal.beginStep('rollback', target.version, { from: this.#booted });
+    try {
+      // Newer generations stay on the medium but are not re-tried automatically
+      // until an operator runs `agentctl update` (or something newer is published).
+      this.#journal.setSetting('rollback-hold', String(Math.max(this.#booted, ...cur.present)));
+      await this.#writeMenu(null, target.version);
+      this.#journal.endStep(id, 'ok', null, `next boot: generation ${target.version}`);
+    } catch (e) {
+      const err = toLiveupError(e);
+      this.#journal.endStep(id, 'failed', err.code, err.message);
+      throw err;
+    }
+    this.#setState('staged');
+    return {
+      version: target.version,
+      outcome: 'rollback-staged',
+      message: `generation ${target.version} boots next` + (opts.now ? ' (an immediate reboot is not available yet: reboot to switch)' : '; reboot to switch'),
+    };
+  }
+
+  async pin(version: number): Promise<void> {
+    if (!this.#journal.getGeneration(version)) throw new LiveupError('UNKNOWN_GENERATION', `generation ${version} is not known to this machine`);
+    this.#journal.pin(version);
+  }
+
+  async unpin(version: number): Promise<void> {
+    if (!this.#journal.getGeneration(version)) throw new LiveupError('UNKNOWN_GENERATION', `generation ${version} is not known to this machine`);
+    this.#journal.unpin(version);
+  }
+
+  // ---------------------------------------------------------------- offline inbox
+
+  /**
+   * Verify and stage a generation directory dropped into the inbox: the same
+   * checks as a download (pinned keys, expiry, channel, architecture, floor,
+   * every byte), then the same staging. A refused bundle is moved aside to
+   * `inbox/.rejected/` with the reason, never left to be retried forever.
+   */
+  async importBundle(dir: string): Promise<number> {
+    this.#setState('staging');
+    try {
+      const bytes = await readFile(join(dir, 'manifest.json'));
+      const sig = await readFile(join(dir, 'manifest.json.sig')).catch(() => null);
+      const vm = await verifyManifest(bytes, sig, {
+        keyring: await this.#trust(), threshold: this.#config.threshold, now: this.#now(),
+        channel: this.#config.channel, architecture: this.#config.architecture, minVersion: this.#journal.floor().version,
+        source: join(dir, 'manifest.json'),
+      });
+      const m = vm.manifest;
+      if ((await listStaged(this.#config.bootDir)).includes(m.version)) {
+        await rm(dir, { recursive: true, force: true });
+        return m.version;
+      }
+      this.#journal.upsertGeneration({
+        version: m.version, name: m.name, channel: m.channel, state: 'available',
+        kernelVersion: m.kernel.version, cmdline: m.kernel.cmdline, parent: m.parent,
+        rebootRequired: m.rebootRequired.required, rebootReasons: m.rebootRequired.reasons,
+      });
+      const artifacts = await this.#step('fetch', m.version, async () =>
+        Promise.all(m.artifacts.map((a) => verifyArtifactFile(join(dir, a.path), a))), () => `verified offline bundle ${dir}`);
+      const v = await this.#stageVerified(vm, artifacts, null);
+      await rm(dir, { recursive: true, force: true });
+      this.#setState('staged');
+      return v;
+    } catch (e) {
+      const err = toLiveupError(e);
+      const rejected = join(this.#config.inboxDir, '.rejected');
+      await mkdir(rejected, { recursive: true });
+      const { rename } = await import('node:fs/promises');
+      const to = join(rejected, `${Date.now()}-${dir.split('/').pop()}`);
+      await rename(dir, to).catch(() => undefined);
+      await writeFileAtomic(`${to}.reason`, `${err.code}: ${err.message}\n`).catch(() => undefined);
+      this.#journal.event({ kind: 'error', status: 'failed', errorCode: err.code, message: `offline bundle refused: ${err.message}` });
+      this.#setState('failed');
+      throw err;
+    }
+  }
+
+  // ---------------------------------------------------------------- queries
+
+  async getStatus(): Promise<AgentStatus> {
+    const cur = await this.#current();
+    return {
+      state: this.#state,
+      bootedVersion: this.#booted,
+      stagedVersion: this.#stagedNext(),
+      lastGoodVersion: lastGoodOf(cur.generations, cur.present),
+      pendingVersion: this.#pending,
+      channel: this.#config.channel,
+      lastCheck: this.#lastCheck,
+      nextCheck: this.deps.nextCheck?.()?.toISOString() ?? null,
+      decision: this.#stagedNext() ? 'stage-only' : null,
+      reason: this.#stagedNext() ? `generation ${this.#stagedNext()} is staged: it is tried at the next boot` : null,
+      transaction: this.#transaction,
+    };
+  }
+
+  async listGenerations(): Promise<GenerationInfo[]> {
+    const present = new Set(await listStaged(this.#config.bootDir));
+    const next = this.#stagedNext();
+    return this.#journal
+      .listGenerations()
+      .filter((g) => g.state !== 'available' && g.state !== 'downloading')
+      .map((g) => ({
+        version: g.version,
+        name: g.name,
+        state: coreState(g) ?? 'staged',
+        pinned: g.pinned,
+        booted: g.version === this.#booted,
+        staged: g.version === next,
+        present: present.has(g.version),
+        kernelVersion: g.kernelVersion,
+        createdAt: g.createdAt,
+        stagedAt: g.stagedAt,
+        bootedAt: g.bootedAt,
+      }));
+  }
+
+  async history(limit: number | null): Promise<HistoryEntry[]> {
+    const kinds: Record<string, HistoryKind> = {
+      check: 'check', fetch: 'update', stage: 'update', 'menu-write': 'update', 'live-replay': 'apply', kexec: 'apply', reboot: 'apply',
+      rollback: 'rollback', gc: 'gc', 'gc-removed': 'gc', 'boot-check': 'boot', pinned: 'pin', unpinned: 'unpin',
+    };
+    return this.#journal
+      .history(limit !== null ? { limit } : {})
+      .filter((e) => kinds[e.kind] !== undefined || e.kind === 'error' || e.kind === 'reconciled')
+      .map((e) => ({
+        at: e.at,
+        kind: kinds[e.kind] ?? 'update',
+        status: e.status === 'ok' ? 'succeeded' : e.status,
+        version: e.version,
+        errorCode: e.errorCode,
+        message: e.message ?? e.kind,
+      }));
+  }
+
+  /** For the service: what transaction runs (set by the daemon's lock wrapper). */
+  setTransaction(t: AgentStatus['transaction']): void {
+    this.#transaction = t;
+  }
+}
