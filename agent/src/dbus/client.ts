@@ -104,7 +104,16 @@ function boolVariants(o: Record<string, boolean | undefined>): Record<string, In
 
 export async function connectAgent(opts: { bus: BusSpec; connectTimeoutMs?: number }): Promise<AgentClient> {
   const busSpec = opts.bus;
-  const bus: MessageBus = await openBus(busSpec, { timeoutMs: opts.connectTimeoutMs });
+  let bus: MessageBus;
+  try {
+    bus = await openBus(busSpec, { timeoutMs: opts.connectTimeoutMs });
+  } catch (e) {
+    // One message for "no daemon" whether the name or the whole bus is missing: the fix starts the same way.
+    if (e instanceof LiveupError && e.code === 'DAEMON_UNAVAILABLE') {
+      throw new LiveupError('DAEMON_UNAVAILABLE', `liveup-agentd is not running (${e.message})`, { ...e.details }, { cause: e });
+    }
+    throw e;
+  }
 
   // A closed bus connection leaves dbus-next's pending calls waiting forever;
   // every call races this so it ends with DAEMON_UNAVAILABLE instead.
