@@ -16,7 +16,7 @@ export interface PrivateBus {
   stop(): Promise<void>;
 }
 
-const CONFIG = (socket: string) => `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+const CONFIG = (socket: string, includes: readonly string[]) => `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>session</type>
@@ -30,16 +30,18 @@ const CONFIG = (socket: string) => `<!DOCTYPE busconfig PUBLIC "-//freedesktop//
     <allow receive_sender="*"/>
     <allow eavesdrop="true"/>
   </policy>
+${includes.map((f) => `  <include>${f}</include>`).join('\n')}
 </busconfig>
 `;
 
-export async function startPrivateBus(): Promise<PrivateBus> {
+/** `includes`: bus policy files to add after the allow-all default (e.g. systemd/org.liveup.Agent1.conf). */
+export async function startPrivateBus(opts: { includes?: readonly string[] } = {}): Promise<PrivateBus> {
   const dir = await mkdtemp(join(tmpdir(), 'liveup-dbus-'));
   // 0777 so a client dropped to `nobody` can connect to the socket inside.
   await chmod(dir, 0o777);
   const socket = join(dir, 'bus');
   const conf = join(dir, 'bus.conf');
-  await writeFile(conf, CONFIG(socket));
+  await writeFile(conf, CONFIG(socket, opts.includes ?? []));
   const child: ChildProcess = spawn('dbus-daemon', [`--config-file=${conf}`, '--print-address=1', '--nofork', '--nopidfile'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -368,6 +368,47 @@ process.stdout.write(JSON.stringify(out));
       expect(agent.calls).toEqual([['getStatus']]);
     });
 
+    it('the shipped system bus policy lets nobody read but not call mutating methods or own the name', async () => {
+      const policed = await startPrivateBus({ includes: [join(ROOT, 'systemd/org.liveup.Agent1.conf')] });
+      const api = new FakeAgent();
+      // Allow-all in the daemon: what is refused here is refused by the bus policy.
+      const svc = await startService({ bus: policed.address, api, authorize: async () => true });
+      try {
+        const dir = await tmp('liveup-dbus-policy-');
+        await chmod(dir, 0o755);
+        const script = join(dir, 'policy.mjs');
+        await writeFile(script, `
+import dbus from ${JSON.stringify(join(build, 'node_modules/dbus-next/index.js'))};
+import { connectAgent } from ${JSON.stringify(join(build, 'dist/agent/src/dbus/client.js'))};
+const c = await connectAgent({ bus: process.argv[2] });
+const out = {};
+try { out.status = (await c.getStatus()).state; } catch (e) { out.status = e.code; }
+try { out.props = (await c.properties()).state; } catch (e) { out.props = e.code; }
+try { out.gc = JSON.stringify(await c.gc()); } catch (e) { out.gc = e.code + ': ' + e.message; }
+c.close();
+const bus = dbus.sessionBus({ busAddress: process.argv[2].replace('unix:path=', 'unix:socket=') });
+try { await bus.requestName('org.liveup.Agent1', 4); out.own = 'owned'; } catch (e) { out.own = e.type; }
+bus.disconnect();
+process.stdout.write(JSON.stringify(out));
+`);
+        const r = await run('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, script, policed.address]);
+        expect(r.stderr).toBe('');
+        const out = JSON.parse(r.stdout) as Record<string, string>;
+        expect(out.status).toBe('idle');
+        expect(out.props).toBe('idle');
+        expect(out.gc).toMatch(/^NOT_AUTHORIZED: the bus refused Gc/);
+        expect(out.own).toBe('org.freedesktop.DBus.Error.AccessDenied');
+        expect(api.calls.map((c) => c[0])).toEqual(['getStatus']);
+        // Root passes the policy.
+        const rootClient = await connectAgent({ bus: policed.address });
+        await expect(rootClient.gc()).resolves.toMatchObject({ removed: [9, 10] });
+        rootClient.close();
+      } finally {
+        await svc.close();
+        await policed.stop();
+      }
+    });
+
     it('a member of the admin group may update', async () => {
       await start({ authorize: groupAuthorizer(group) });
       const r = await asUser(member);

@@ -278,12 +278,21 @@ export async function startService(opts: ServiceOptions): Promise<AgentService> 
   bus.addMethodHandler(noteCaller);
   bus.export(OBJECT_PATH, iface);
 
+  // Signals are best effort: a lost bus connection must not throw into the
+  // daemon's update code that emitted the event.
+  const emit = (what: string, fn: () => void) => {
+    try {
+      fn();
+    } catch (e) {
+      log(`could not emit ${what}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  };
   const unsubscribe = [
-    opts.api.events.onProgress((p) => iface.Progress(p.step, BigInt(Math.max(0, Math.trunc(p.done))), BigInt(Math.max(0, Math.trunc(p.total))))),
-    opts.api.events.onStateChanged((p) => {
+    opts.api.events.onProgress((p) => emit('Progress', () => iface.Progress(p.step, BigInt(Math.max(0, Math.trunc(p.done))), BigInt(Math.max(0, Math.trunc(p.total)))))),
+    opts.api.events.onStateChanged((p) => emit('StateChanged', () => {
       iface.StateChanged(p.state);
       dbus.interface.Interface.emitPropertiesChanged(iface, propertyValues(p), []);
-    }),
+    })),
   ];
 
   const cleanup = () => {
