@@ -270,9 +270,10 @@ export class Agent implements AgentApi {
       const first = steps[0]!;
       let target: Target | null = null;
       let reason = first.kind === 'none' ? first.reason : '';
-      const targetVersion = steps.find((s) => s.kind === 'fetch' || s.kind === 'write-menu');
-      if (targetVersion && targetVersion.kind !== 'none' && 'version' in targetVersion) {
-        const v = targetVersion.version;
+      const fetchStep = steps.find((s) => s.kind === 'fetch');
+      const menuStep = steps.find((s) => s.kind === 'write-menu');
+      if (fetchStep && fetchStep.kind === 'fetch') {
+        const v = fetchStep.version;
         const entry = index.index.generations.find((g) => g.version === v)!;
         const manifest = await fetchVerifiedManifest(source, entry, {
           keyring: await this.#trust(), threshold: this.#config.threshold, now, channel: this.#config.channel, architecture: arch,
@@ -288,8 +289,8 @@ export class Agent implements AgentApi {
         });
         target = { source, manifest };
         reason = `generation ${v} (${m.name}) is available`;
-      } else if (targetVersion?.kind === 'write-menu') {
-        reason = `generation ${targetVersion.tryVersion} is staged`;
+      } else if (menuStep && menuStep.kind === 'write-menu') {
+        reason = `generation ${menuStep.tryVersion} is staged`;
       }
       const pending = target ? target.manifest.manifest.version : null;
       this.#pending = pending;
@@ -465,7 +466,7 @@ export class Agent implements AgentApi {
       if (g && g.state !== 'failed') this.#journal.setState(v, 'removed');
       this.#journal.event({ kind: 'gc-removed', version: v, message: `removed live/${v}/` });
     }
-    if (remove.length) await this.#writeMenu(trial !== null && cur.tryVersion === trial ? trial : cur.tryVersion);
+    if (remove.length) await this.#writeMenu(trial ?? cur.tryVersion ?? null);
     return { removed: remove, kept: cur.present.filter((v) => !remove.includes(v)), freedBytes: freed };
   }
 

@@ -183,6 +183,11 @@ const MIGRATIONS: readonly string[] = [
   CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
   INSERT INTO counters (name, value) VALUES ('outbox_seq', 0);
   `,
+  `
+  -- Small durable decisions of the agent, e.g. the hold a rollback leaves so
+  -- scheduled checks do not re-stage what the operator just rolled back from.
+  CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL) STRICT;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -428,6 +433,22 @@ export class Journal {
   /** Steps begun and never ended, oldest first: after a crash, what the daemon must reconcile. */
   inProgress(): JournalEvent[] {
     return this.db.prepare<[], EventRow>("SELECT * FROM events WHERE status = 'started' ORDER BY id").all().map(toEvent);
+  }
+
+  // ------------------------------------------------------------ settings
+
+  getSetting(name: string): string | null {
+    return this.db.prepare<[string], { value: string }>('SELECT value FROM settings WHERE name = ?').get(name)?.value ?? null;
+  }
+
+  /** `null` removes the setting. */
+  setSetting(name: string, value: string | null): void {
+    if (value === null) this.db.prepare('DELETE FROM settings WHERE name = ?').run(name);
+    else {
+      this.db
+        .prepare('INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at')
+        .run(name, value, this.stamp());
+    }
   }
 
   // ------------------------------------------------------------ floor

@@ -1,0 +1,152 @@
+/**
+ * `liveup-agentd`: wiring only. Configuration, the journal, the adapters and
+ * the Agent are made here and connected to their triggers — the D-Bus
+ * service, the cron schedule, the inbox watcher and the config watcher — all
+ * of which go through the one transaction lock, so a scheduled check, an
+ * offline bundle and an `agentctl update` never run at the same time.
+ */
+import { readFile, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Agent } from './agent.js';
+import { toLiveupError } from './channel/errors.js';
+import { createGrubEnv } from './adapters/grubenv.js';
+import { Journal } from './adapters/journal.js';
+import { watchInbox, type InboxWatcher } from './adapters/inbox.js';
+import { scheduleChecks, type Schedule } from './adapters/scheduler.js';
+import { DEFAULT_DROP_IN_DIR, DEFAULT_MAIN_FILE, loadConfig, watchConfig, type ConfigWatcher } from './config.js';
+import { startService, type AgentService } from './dbus/service.js';
+import { TxLock } from './core/txlock.js';
+import { EXIT, optString, runCli, type Command } from './cli/framework.js';
+import { createLogger, type Logger } from './util/log.js';
+
+/**
+ * The running generation: the initramfs hook records it in `<runDir>/booted`;
+ * without it (a machine booted some other way) the kernel command line says.
+ */
+export async function readBootedVersion(runDir: string, cmdlinePath = '/proc/cmdline'): Promise<number | null> {
+  const fromFile = await readFile(join(runDir, 'booted'), 'utf8').then((t) => t.trim(), () => '');
+  if (/^[1-9]\d*$/.test(fromFile)) return Number(fromFile);
+  const cmdline = await readFile(cmdlinePath, 'utf8').catch(() => '');
+  const m = /(?:^|\s)liveup\.generation=([1-9]\d*)(?:\s|$)/.exec(cmdline);
+  return m ? Number(m[1]) : null;
+}
+
+export interface RunningDaemon {
+  readonly agent: Agent;
+  stop(): Promise<void>;
+}
+
+export async function startDaemon(opts: { mainFile: string; dropInDir: string; runDir: string; bus?: string; log?: Logger }): Promise<RunningDaemon> {
+  const log = opts.log ?? createLogger();
+  const { config, files } = await loadConfig({ mainFile: opts.mainFile, dropInDir: opts.dropInDir });
+  log.info({ files, channel: config.channel, mirrors: config.mirrors }, 'configuration loaded');
+  await mkdir(config.stateDir, { recursive: true, mode: 0o750 });
+  await mkdir(config.inboxDir, { recursive: true, mode: 0o770 });
+  const journal = Journal.open(join(config.stateDir, 'journal.db'));
+  const lock = new TxLock();
+  let schedule: Schedule | null = null;
+  const agent = new Agent({
+    config,
+    journal,
+    grubenv: createGrubEnv({ editenv: config.grubEditenv }),
+    log,
+    bootedVersion: () => readBootedVersion(opts.runDir),
+    nextCheck: () => schedule?.nextRun() ?? null,
+  });
+  await agent.start();
+  log.info({ booted: agent.properties().bootedVersion }, 'agent started');
+
+  /** Run under the lock; a busy lock means someone else is already doing it. */
+  const guarded = async (kind: string, owner: string, fn: () => Promise<unknown>): Promise<void> => {
+    try {
+      await lock.run(kind, owner, async () => {
+        agent.setTransaction({ kind, since: new Date().toISOString() });
+        try {
+          await fn();
+        } finally {
+          agent.setTransaction(null);
+        }
+      });
+    } catch (e) {
+      const err = toLiveupError(e);
+      log.warn({ code: err.code, err: err.message, kind }, err.code === 'UPDATE_IN_PROGRESS' ? 'skipped: busy' : 'operation failed');
+    }
+  };
+
+  const service: AgentService = await startService({
+    bus: opts.bus ?? config.dbus,
+    api: agent,
+    lock,
+    log: (line) => log.info({ dbus: line }, 'dbus'),
+  });
+  log.info({ bus: opts.bus ?? config.dbus }, 'serving org.liveup.Agent1');
+
+  const scheduleFrom = (c = agent.config): Schedule =>
+    scheduleChecks(c.schedule, { jitterMs: c.jitterSeconds * 1000, timeZone: c.timeZone }, () =>
+      guarded('scheduled-update', 'scheduler', () => agent.update({ downloadOnly: true, applyLive: false }, { scheduled: true })));
+  schedule = scheduleFrom();
+
+  let inbox: InboxWatcher = watchInbox(config.inboxDir, (dir) => void guarded('inbox', 'inbox', () => agent.importBundle(dir)));
+  for (const dir of await inbox.scan()) await guarded('inbox', 'inbox', () => agent.importBundle(dir));
+
+  const configWatcher: ConfigWatcher = await watchConfig(
+    { mainFile: opts.mainFile, dropInDir: opts.dropInDir, initial: config },
+    (next) => {
+      agent.setConfig(next);
+      void schedule?.stop();
+      schedule = scheduleFrom(next);
+      if (next.inboxDir !== config.inboxDir) {
+        void inbox.close();
+        inbox = watchInbox(next.inboxDir, (dir) => void guarded('inbox', 'inbox', () => agent.importBundle(dir)));
+      }
+      journal.event({ kind: 'config-reloaded', message: 'configuration reloaded' });
+      log.info({ channel: next.channel }, 'configuration reloaded');
+    },
+    (err) => log.error({ code: err.code, err: err.message }, 'new configuration refused; the previous one stays in force'),
+  );
+
+  return {
+    agent,
+    async stop() {
+      await configWatcher.close();
+      await inbox.close();
+      await schedule?.stop();
+      await service.close();
+      journal.close();
+      log.info({}, 'stopped');
+    },
+  };
+}
+
+const daemonCmd: Command = {
+  path: [],
+  summary: 'run the liveup agent (normally started by systemd as liveup-agent.service)',
+  usage: '[--config FILE] [--config-dir DIR] [--run-dir DIR] [--bus system|session|ADDRESS]',
+  options: {
+    config: { type: 'string', description: 'main configuration file', default: DEFAULT_MAIN_FILE, valueName: 'FILE' },
+    'config-dir': { type: 'string', description: 'drop-in directory', default: DEFAULT_DROP_IN_DIR, valueName: 'DIR' },
+    'run-dir': { type: 'string', description: 'runtime directory (the boot side records the booted generation there)', default: '/run/liveup', valueName: 'DIR' },
+    bus: { type: 'string', description: 'D-Bus to serve on (overrides the configuration)', valueName: 'BUS' },
+  },
+  async run({ values, io }) {
+    const d = await startDaemon({
+      mainFile: optString(values, 'config') ?? DEFAULT_MAIN_FILE,
+      dropInDir: optString(values, 'config-dir') ?? DEFAULT_DROP_IN_DIR,
+      runDir: optString(values, 'run-dir') ?? '/run/liveup',
+      ...(optString(values, 'bus') ? { bus: optString(values, 'bus')! } : {}),
+    });
+    io.err('liveup-agentd: running');
+    await new Promise<void>((resolve) => {
+      const stop = () => void d.stop().then(resolve, resolve);
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+    });
+    return EXIT.OK;
+  },
+};
+
+export async function main(argv: readonly string[]): Promise<number> {
+  // The daemon has no verbs: route everything to the one command, keeping --help.
+  return runCli('liveup-agentd', 'liveup-agentd: the on-host liveup agent.', [daemonCmd], argv.length ? argv : ['--config', DEFAULT_MAIN_FILE]);
+}
+
