@@ -273,10 +273,9 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
   const int = (key: string, dflt: number, min: number, max?: number): number =>
     r.optInt(o, key, '', max === undefined ? { min } : { min, max }) ?? dflt;
 
-  const mirrors = r.array(o, 'mirrors', '', { max: 64 }).map((m, i) => {
+  const mirrors = r.array(o, 'mirrors', '', { max: 64 }).map((v, i) => {
     const p = join('mirrors', i);
-    if (typeof m !== 'string' || m.length > 2048) return r.fail(p, 'expected a URL string');
-    const v = m;
+    if (typeof v !== 'string' || v.length > 2048) return r.fail(p, 'expected a URL string');
     let url: URL;
     try {
       url = new URL(v);
