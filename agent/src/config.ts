@@ -62,7 +62,7 @@ export interface MaintenanceWindow {
 export interface FetchConfig {
   /** Whole-download deadline (default 3600). */
   readonly deadlineSeconds: number;
-  /** Abort a transfer averaging below this over a minute (default 1024; 0 = never). */
+  /** Abort a transfer that stays slower than this (default 1024; 0 = never). */
   readonly minBytesPerSecond: number;
   /** Further attempts after the first, each resuming where the last stopped (default 5). */
   readonly retries: number;
@@ -273,10 +273,9 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
   const int = (key: string, dflt: number, min: number, max?: number): number =>
     r.optInt(o, key, '', max === undefined ? { min } : { min, max }) ?? dflt;
 
-  const mirrors = r.array(o, 'mirrors', '', { max: 64 }).map((m, i) => {
+  const mirrors = r.array(o, 'mirrors', '', { max: 64 }).map((v, i) => {
     const p = join('mirrors', i);
-    if (typeof m !== 'string' || m.length > 2048) return r.fail(p, 'expected a URL string');
-    const v = m;
+    if (typeof v !== 'string' || v.length > 2048) return r.fail(p, 'expected a URL string');
     let url: URL;
     try {
       url = new URL(v);
@@ -458,10 +457,13 @@ export async function watchConfig(
   // replace files by rename, and a watch on the old inode would go deaf.
   const relevant = (p: string): boolean =>
     p === mainFile || p === dropInDir || (dirname(p) === dropInDir && p.endsWith('.json') && !basename(p).startsWith('.'));
-  const roots = [dirname(mainFile), dropInDir];
+  // The drop-in directory is reached through its parent (depth 1), not as a
+  // root: chokidar never notices a root that is missing at start, and the
+  // directory may well be created later.
+  const roots = [...new Set([dirname(mainFile), dirname(dropInDir)])];
   const watcher: FSWatcher = watch(roots, {
     ignoreInitial: true,
-    depth: 0,
+    depth: 1,
     // Only stat what matters: the main file's directory may hold keys and other files.
     ignored: (p: string) => !(relevant(p) || roots.includes(p)),
   });

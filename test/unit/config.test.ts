@@ -192,3 +192,22 @@ describe('watchConfig', () => {
     }
   });
 });
+
+describe('watchConfig without a drop-in directory', () => {
+  it('notices the directory when it is created later', async () => {
+    const d = await tmp();
+    const loc = { mainFile: join(d, 'agent.json'), dropInDir: join(d, 'agent.d') };
+    await writeFile(loc.mainFile, JSON.stringify(BASE));
+    const changes: AgentConfig[] = [];
+    const w = await watchConfig({ ...loc, debounceMs: 20 }, (c) => changes.push(c), (e) => {
+      throw e;
+    });
+    try {
+      await mkdir(loc.dropInDir);
+      await writeFile(join(loc.dropInDir, '10-a.json'), JSON.stringify({ jitterSeconds: 0 }));
+      await waitFor(() => changes.some((c) => c.jitterSeconds === 0));
+    } finally {
+      await w.close();
+    }
+  });
+});

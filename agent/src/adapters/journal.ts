@@ -236,7 +236,10 @@ export class Journal {
     this.now = opts.now ?? (() => new Date());
   }
 
-  /** Open (creating if needed) and migrate. JOURNAL_CORRUPT if the file fails quick_check. */
+  /**
+   * Open (creating the file and its directory if needed) and migrate.
+   * JOURNAL_CORRUPT if the file fails quick_check or has a newer schema.
+   */
   static open(path: string, opts: JournalOptions = {}): Journal {
     mkdirSync(dirname(path), { recursive: true });
     if (existsSync(path)) precheck(path);
@@ -389,7 +392,8 @@ export class Journal {
   }
 
   /**
-   * Close a step. Details given here are merged over those given at the start.
+   * Close a step. Details given here are merged over those given at the start
+   * (a JSON merge patch: a null value removes that key).
    * Ending a step that is not in progress is an INTERNAL error: it is a bug.
    */
   endStep(id: number, status: 'ok' | 'failed', errorCode?: ErrorCode | null, message?: string | null, details: JsonObject = {}): void {
