@@ -431,10 +431,14 @@ export class Agent implements AgentApi {
       const def = defaultOverride ?? lastGoodOf(cur.generations, cur.present) ?? this.#booted ??
         Math.max(...gens.filter((g) => g.state !== 'failed' && g.version !== tryVersion).map((g) => g.version), -1);
       if (def === null || def < 1) throw new LiveupError('UNKNOWN_GENERATION', 'no generation on the boot medium can be the default boot entry');
+      // Before any boot check has passed, the running generation is the best
+      // evidence of a working one: it booted this far. It stands as "good" for
+      // the menu's default and fallback only, not in the journal.
+      const noGood = lastGoodOf(cur.generations, cur.present) === null;
       const menu = renderBootMenu({
         generations: gens.map((g) => ({
           version: g.version, name: g.name, kernelVersion: g.kernelVersion ?? 'unknown', cmdline: g.cmdline ?? 'boot=live components',
-          state: coreState(g) ?? 'staged',
+          state: noGood && g.version === def && coreState(g) === 'booted' ? 'good' : coreState(g) ?? 'staged',
         })),
         defaultVersion: def,
         tryVersion,
