@@ -271,6 +271,11 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
         const st = await inChroot(root, 'agentctl status', { allowFail: true });
         expect(st.code).toBe(3);
 
+        // The unit's ExecStart exists and systemd accepts the unit.
+        const verify = await inChroot(root, 'systemd-analyze verify --man=no /usr/lib/systemd/system/liveup-agent.service', { allowFail: true });
+        expect(verify.code, verify.stdout + verify.stderr).toBe(0);
+        expect((await inChroot(root, "sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/liveup-agent.service")).stdout.trim()).toBe('/usr/sbin/liveup-agentd');
+
         // postinst: group, state dirs, unit enabled (not started: policy-rc.d, no systemd).
         expect((await inChroot(root, 'getent group liveup')).stdout).toMatch(/^liveup:x:\d+:/);
         expect((await inChroot(root, "stat -c '%a %U %G' /var/lib/liveup /var/lib/liveup/inbox")).stdout).toBe('750 root liveup\n770 root liveup\n');
