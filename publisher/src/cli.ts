@@ -6,6 +6,7 @@ import { openSource } from '../../agent/src/channel/source.js';
 import {
   EXIT, optInt, optString, parseDuration, requireString, runCli, stringList, type Command,
 } from '../../agent/src/cli/framework.js';
+import { build, DEFAULT_CACHE } from './factory/build.js';
 import { generateKey } from './key.js';
 import { publish } from './publish.js';
 import { listChannels } from './repo.js';
@@ -153,7 +154,39 @@ const serveCmd: Command = {
   },
 };
 
-export const COMMANDS: Command[] = [keyGenerate, publishCmd, verifyCmd, serveCmd];
+const buildCmd: Command = {
+  path: ['build'],
+  summary: 'build a generation directory from a profile (debootstrap, apt, squashfs)',
+  usage: '--profile PROFILE.json --out GENDIR [--cache DIR] [--force]',
+  description:
+    'Runs as root. Steps are printed with their durations. The build happens in GENDIR.tmp-<pid> and is\n' +
+    'renamed to GENDIR at the end: a failed or interrupted build unmounts everything and leaves no GENDIR.\n' +
+    'The profile format is described in docs/factory.md (example: profiles/example.json).',
+  options: {
+    profile: { type: 'string', description: 'build profile (JSON)', valueName: 'PROFILE' },
+    out: { type: 'string', description: 'generation directory to write', valueName: 'GENDIR' },
+    cache: { type: 'string', description: 'cache for base trees and .deb files', default: DEFAULT_CACHE, valueName: 'DIR' },
+    force: { type: 'boolean', description: 'replace GENDIR if it exists (only once the new build is complete)' },
+  },
+  async run({ values, io, json }) {
+    const r = await build({
+      profilePath: requireString(values, 'profile'),
+      out: requireString(values, 'out'),
+      cacheDir: optString(values, 'cache'),
+      force: values.force === true,
+      log: (l) => (json ? io.err(l) : io.out(l)),
+    });
+    if (json) io.out(JSON.stringify({ ok: true, ...r }));
+    else {
+      const total = Object.values(r.timings).reduce((a, b) => a + b, 0);
+      io.out(`built ${r.name} into ${r.gendir}: kernel ${r.kernel ?? 'none'}, ${r.packages} packages, squashfs ${(r.squashfsBytes / 1e6).toFixed(1)} MB, ${total.toFixed(0)} s`);
+      for (const [p, v] of Object.entries(r.resolved)) io.out(`  ${p} ${v}`);
+    }
+    return EXIT.OK;
+  },
+};
+
+export const COMMANDS: Command[] = [keyGenerate, buildCmd, publishCmd, verifyCmd, serveCmd];
 
 export const BLURB = 'liveup: build, sign and publish generations of live Debian systems.';
 
