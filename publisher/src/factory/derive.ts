@@ -203,7 +203,7 @@ export async function derive(opts: DeriveOptions): Promise<DeriveResult> {
       });
       await timed(ctx, timings, `mksquashfs (${src.squash.algorithm}${src.squash.level !== undefined ? `-${src.squash.level}` : ''}, as the parent)`, () =>
         squash(ctx, rootfs, join(tmp, 'filesystem.squashfs'), src.squash));
-      const name = opts.name ?? `${src.name}+${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '')}`;
+      const name = opts.name ?? `${src.name.replace(/\+\d{8}T\d{6}$/, '')}+${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '')}`;
       const rebootRequired = { required: reasons.length > 0, reasons };
       const meta = {
         name,
