@@ -3,6 +3,7 @@
  * initrd copied out, packages.json, cleaning, and the squashfs itself.
  */
 import { copyFile, mkdir, open, readFile, readdir, readlink, rm, writeFile, lstat, rename, symlink } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { LiveupError } from '../../../agent/src/channel/errors.js';
 import { run } from '../exec.js';
@@ -200,6 +201,12 @@ export async function removeStaleTemps(out: string, log: (l: string) => void, re
 }
 
 function isAlive(pid: number): boolean {
+  // A killed build can linger a moment as a zombie: that is not a running build.
+  try {
+    if (/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))) return false;
+  } catch {
+    /* no /proc entry: fall through to kill(0) */
+  }
   try {
     process.kill(pid, 0);
     return true;
