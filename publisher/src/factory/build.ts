@@ -10,6 +10,7 @@ import { chmod, copyFile, lstat, mkdir, readFile, rename, writeFile } from 'node
 import { basename, join, resolve } from 'node:path';
 import { LiveupError, isLiveupError } from '../../../agent/src/channel/errors.js';
 import { run } from '../exec.js';
+import { requireRoot } from './image.js';
 import { Chroot, removeTree, timed, withInterrupts, type StepContext } from './chroot.js';
 import {
   DEFAULT_CMDLINE, bootKernel, cleanImage, copyBootFiles, disableKexecLoad, dpkgCompare, hostResolver, linkPersistent,
@@ -44,6 +45,7 @@ export interface BuildResult {
 export async function build(opts: BuildOptions): Promise<BuildResult> {
   const log = opts.log ?? (() => undefined);
   const { profile, hash } = await loadProfile(opts.profilePath);
+  requireRoot();
   const out = resolve(opts.out);
   const cache = resolve(opts.cacheDir ?? DEFAULT_CACHE);
   if (!opts.force && (await exists(out))) {

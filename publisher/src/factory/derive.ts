@@ -22,7 +22,7 @@ import { readGendirMeta, requireGendirFiles, type GendirChange } from '../genera
 import { run } from '../exec.js';
 import { Chroot, removeTree, timed, withInterrupts, type StepContext } from './chroot.js';
 import {
-  DEFAULT_CMDLINE, bootKernel, cleanImage, copyBootFiles, hostResolver, removeStaleTemps, squash, squashOptionsOf,
+  DEFAULT_CMDLINE, bootKernel, cleanImage, copyBootFiles, hostResolver, removeStaleTemps, requireRoot, squash, squashOptionsOf,
   writePackagesJson, type SquashOptions,
 } from './image.js';
 import { DEFAULT_CACHE } from './build.js';
@@ -132,6 +132,7 @@ async function locateSource(opts: DeriveOptions, log: (l: string) => void): Prom
 export async function derive(opts: DeriveOptions): Promise<DeriveResult> {
   const log = opts.log ?? (() => undefined);
   const out = resolve(opts.out);
+  requireRoot();
   const install = opts.install ?? [];
   const remove = opts.remove ?? [];
   for (const p of [...install, ...remove]) {

@@ -214,3 +214,8 @@ function isAlive(pid: number): boolean {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
+
+/** debootstrap, chroot and mount need root; say so before any of them fails obscurely. */
+export function requireRoot(): void {
+  if (process.getuid?.() !== 0) throw new LiveupError('BUILD_FAILED', 'liveup build/derive must run as root (debootstrap, chroot and mount need it)');
+}
