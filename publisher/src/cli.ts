@@ -6,6 +6,8 @@ import { openSource } from '../../agent/src/channel/source.js';
 import {
   EXIT, optInt, optString, parseDuration, requireString, runCli, stringList, type Command,
 } from '../../agent/src/cli/framework.js';
+import { build, DEFAULT_CACHE } from './factory/build.js';
+import { derive, DEFAULT_REBOOT_PACKAGES } from './factory/derive.js';
 import { generateKey } from './key.js';
 import { publish } from './publish.js';
 import { listChannels } from './repo.js';
@@ -153,7 +155,91 @@ const serveCmd: Command = {
   },
 };
 
-export const COMMANDS: Command[] = [keyGenerate, publishCmd, verifyCmd, serveCmd];
+const buildCmd: Command = {
+  path: ['build'],
+  summary: 'build a generation directory from a profile (debootstrap, apt, squashfs)',
+  usage: '--profile PROFILE.json --out GENDIR [--cache DIR] [--force]',
+  description:
+    'Runs as root. Steps are printed with their durations. The build happens in GENDIR.tmp-<pid> and is\n' +
+    'renamed to GENDIR at the end: a failed or interrupted build unmounts everything and leaves no GENDIR.\n' +
+    'The profile format is described in docs/factory.md (example: profiles/example.json).',
+  options: {
+    profile: { type: 'string', description: 'build profile (JSON)', valueName: 'PROFILE' },
+    out: { type: 'string', description: 'generation directory to write', valueName: 'GENDIR' },
+    cache: { type: 'string', description: 'cache for base trees and .deb files', default: DEFAULT_CACHE, valueName: 'DIR' },
+    force: { type: 'boolean', description: 'replace GENDIR if it exists (only once the new build is complete)' },
+  },
+  async run({ values, io, json }) {
+    const r = await build({
+      profilePath: requireString(values, 'profile'),
+      out: requireString(values, 'out'),
+      cacheDir: optString(values, 'cache'),
+      force: values.force === true,
+      log: (l) => (json ? io.err(l) : io.out(l)),
+    });
+    if (json) io.out(JSON.stringify({ ok: true, ...r }));
+    else {
+      const total = Object.values(r.timings).reduce((a, b) => a + b, 0);
+      io.out(`built ${r.name} into ${r.gendir}: kernel ${r.kernel ?? 'none'}, ${r.packages} packages, squashfs ${(r.squashfsBytes / 1e6).toFixed(1)} MB, ${total.toFixed(0)} s`);
+      for (const [p, v] of Object.entries(r.resolved)) io.out(`  ${p} ${v}`);
+    }
+    return EXIT.OK;
+  },
+};
+
+const deriveCmd: Command = {
+  path: ['derive'],
+  summary: 'derive a generation from the latest one by installing, removing or upgrading packages',
+  usage: '--from REPO|GENDIR [--channel NAME] [--keyring PUB.asc] [--install P]… [--remove P]… [--upgrade] --out GENDIR',
+  description:
+    'Unpacks the source generation, applies the changes with apt in a chroot and records exactly which\n' +
+    '.deb files dpkg installed (in dpkg\'s order) and which packages it removed, into GENDIR/generation.json\n' +
+    'and GENDIR/debs/. rebootRequired lists "kernel", "initrd" and "package:<name>" reasons.\n' +
+    'From a repository, the latest generation of --channel is used; without --keyring its files are read\n' +
+    'unverified (a warning says so). From an unpublished GENDIR, pass --parent N to name its published version.',
+  options: {
+    from: { type: 'string', description: 'channel repository or generation directory', valueName: 'REPO|GENDIR' },
+    channel: { type: 'string', description: 'channel whose latest generation to start from (with a repository)', valueName: 'NAME' },
+    keyring: { type: 'string', description: 'verify the repository with these pinned public keys', valueName: 'PUB.asc' },
+    install: { type: 'string', multiple: true, description: 'package to install or upgrade (name or name=VERSION)', valueName: 'P' },
+    remove: { type: 'string', multiple: true, description: 'package to remove', valueName: 'P' },
+    upgrade: { type: 'boolean', description: 'apt-get full-upgrade first' },
+    out: { type: 'string', description: 'generation directory to write', valueName: 'GENDIR' },
+    name: { type: 'string', description: 'generation name (default: source name + timestamp)' },
+    parent: { type: 'string', description: 'parent version when --from is an unpublished GENDIR', valueName: 'N' },
+    'reboot-packages': { type: 'string', description: 'packages whose change requires a reboot (comma-separated)', default: DEFAULT_REBOOT_PACKAGES.join(','), valueName: 'P,P' },
+    cache: { type: 'string', description: 'cache for .deb files', default: DEFAULT_CACHE, valueName: 'DIR' },
+    force: { type: 'boolean', description: 'replace GENDIR if it exists' },
+  },
+  async run({ values, io, json }) {
+    const keyringPath = optString(values, 'keyring');
+    const rebootList = optString(values, 'reboot-packages');
+    const r = await derive({
+      from: requireString(values, 'from'),
+      channel: optString(values, 'channel'),
+      keyring: keyringPath ? await loadKeyring(keyringPath) : undefined,
+      install: stringList(values, 'install').flatMap((x) => x.split(',')).filter(Boolean),
+      remove: stringList(values, 'remove').flatMap((x) => x.split(',')).filter(Boolean),
+      upgrade: values.upgrade === true,
+      out: requireString(values, 'out'),
+      name: optString(values, 'name'),
+      parent: optInt(values, 'parent', { min: 1 }),
+      rebootPackages: rebootList === undefined ? undefined : rebootList.split(',').map((x) => x.trim()).filter(Boolean),
+      cacheDir: optString(values, 'cache'),
+      force: values.force === true,
+      log: (l) => (json ? io.err(l) : io.out(l)),
+    });
+    if (json) io.out(JSON.stringify({ ok: true, ...r }));
+    else {
+      io.out(`derived ${r.name} into ${r.gendir} (parent ${r.parent ?? 'none'}): ${r.changes.length} change(s)`);
+      for (const c of r.changes) io.out(`  ${c.action.padEnd(7)} ${c.package} ${c.from ?? ''}${c.from && c.version ? ' → ' : ''}${c.version ?? ''}`);
+      io.out(`reboot required: ${r.rebootRequired.required ? `yes (${r.rebootRequired.reasons.join(', ')})` : 'no'}`);
+    }
+    return EXIT.OK;
+  },
+};
+
+export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, publishCmd, verifyCmd, serveCmd];
 
 export const BLURB = 'liveup: build, sign and publish generations of live Debian systems.';
 

@@ -27,6 +27,9 @@ export const ERROR_CODES = [
   'GENERATION_INVALID',
   'REPO_LOCKED',
   'REPO_INVALID',
+  // factory (liveup build / derive)
+  'PROFILE_INVALID',
+  'BUILD_FAILED',
   // agent
   'UPDATE_IN_PROGRESS',
   'NO_SPACE',
