@@ -27,6 +27,9 @@ export const ERROR_CODES = [
   'GENERATION_INVALID',
   'REPO_LOCKED',
   'REPO_INVALID',
+  // apt mirrors (liveup mirror verify | sync)
+  'MIRROR_INVALID',
+  'MIRROR_SYNC_FAILED',
   // agent
   'UPDATE_IN_PROGRESS',
   'NO_SPACE',
