@@ -29,7 +29,6 @@ export const ERROR_CODES = [
   'REPO_INVALID',
   // apt mirrors (liveup mirror verify | sync)
   'MIRROR_INVALID',
-  'MIRROR_SYNC_FAILED',
   // agent
   'UPDATE_IN_PROGRESS',
   'NO_SPACE',
