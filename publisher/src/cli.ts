@@ -13,6 +13,10 @@ import { publish } from './publish.js';
 import { listChannels } from './repo.js';
 import { serve } from './serve.js';
 import { verifyRepo } from './verify-repo.js';
+import { defaultJobs } from './mirror/hashpool.js';
+import { ProgressLine, formatBytes } from './mirror/progress.js';
+import { loadMirrorConfig, syncMirror } from './mirror/sync.js';
+import { resolveMirrorRoot, verifyMirror, type MirrorProblem } from './mirror/verify.js';
 
 const keyGenerate: Command = {
   path: ['key', 'generate'],
@@ -239,7 +243,91 @@ const deriveCmd: Command = {
   },
 };
 
-export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, publishCmd, verifyCmd, serveCmd];
+const DEBIAN_KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
+
+function problemLine(p: MirrorProblem): string {
+  return `${p.kind} ${p.path}: ${p.detail}`;
+}
+
+/** A progress line on stderr when it is a terminal and the output is for people. */
+function progressFor(io: { isTTY: boolean }, json: boolean): ProgressLine | null {
+  return io.isTTY && !json ? new ProgressLine((s) => process.stderr.write(s)) : null;
+}
+
+const mirrorVerifyCmd: Command = {
+  path: ['mirror', 'verify'],
+  summary: 'verify a local apt mirror: signatures, every index, every .deb, unreferenced files',
+  usage: 'PATH [--keyring K] [--jobs N] [--dist SUITE]… [--arch ARCH]… [--json]',
+  description:
+    'PATH holds dists/ and pool/ (or is a `mirror sync` destination; its current/ is checked).\n' +
+    'Checks InRelease / Release.gpg against the keyring, every index file the signed Release lists\n' +
+    '(size, SHA256), by-hash files, every file named by every Packages/Sources index (size, SHA256),\n' +
+    'and reports files in pool/ that no index names. One line per problem, "KIND path: detail",\n' +
+    'then a summary; exit 0 when all holds, 1 on any problem. See docs/mirror.md.',
+  positionals: { min: 1, max: 1 },
+  options: {
+    keyring: { type: 'string', description: `armored or binary OpenPGP keyring [default: ${DEBIAN_KEYRING}]`, valueName: 'K' },
+    jobs: { type: 'string', short: 'j', description: `files hashed in parallel [default: CPU count, ${defaultJobs()} here]`, valueName: 'N' },
+    dist: { type: 'string', multiple: true, description: 'suite under dists/ to check (default: all; unreferenced files are then not checked)', valueName: 'SUITE' },
+    arch: { type: 'string', multiple: true, description: 'architecture whose Packages index must be present', valueName: 'ARCH' },
+  },
+  async run({ values, positionals, io, json }) {
+    const root = await resolveMirrorRoot(positionals[0]!);
+    const keyring = await loadKeyring(optString(values, 'keyring') ?? DEBIAN_KEYRING);
+    const progress = progressFor(io, json);
+    const report = await verifyMirror(root, {
+      keyring,
+      jobs: optInt(values, 'jobs', { min: 1 }),
+      dists: stringList(values, 'dist'),
+      architectures: stringList(values, 'arch'),
+      onProgress: progress ? (p) => progress.update(p) : undefined,
+    }).finally(() => progress?.end());
+    if (json) io.out(JSON.stringify({ ok: report.problems.length === 0, ...report }));
+    else {
+      for (const p of report.problems) io.out(problemLine(p));
+      const secs = report.ms / 1000;
+      const what = `${report.suites.length} suite(s), ${report.indices} index file(s), ${report.files} pool file(s), ` +
+        `${formatBytes(report.bytes)} in ${secs.toFixed(1)} s (${formatBytes(report.bytes / Math.max(secs, 1e-3))}/s)` +
+        (report.unreferencedChecked ? '' : '; unreferenced files not checked (not every suite and index was readable/selected)');
+      io.out(report.problems.length === 0 ? `OK: ${what}` : `FAILED: ${report.problems.length} problem(s); ${what}`);
+    }
+    return report.problems.length === 0 ? EXIT.OK : EXIT.FAILED;
+  },
+};
+
+const mirrorSyncCmd: Command = {
+  path: ['mirror', 'sync'],
+  summary: 'update a local apt mirror with debmirror, verify it, switch to it only if it verifies',
+  usage: '--config FILE [--jobs N] [--json]',
+  description:
+    'FILE is JSON: {"upstream": URL, "suites": [...], "components": [...], "architectures": [...],\n' +
+    '"keyring": PATH, "dest": DIR}. DEST/current points at the newest verified state; a sync that\n' +
+    'fails (debmirror error or verification problem) is reported, exits 1 and leaves current as it was.',
+  options: {
+    config: { type: 'string', description: 'mirror configuration (JSON)', valueName: 'FILE' },
+    jobs: { type: 'string', short: 'j', description: 'files hashed in parallel while verifying [default: CPU count]', valueName: 'N' },
+    quiet: { type: 'boolean', short: 'q', description: 'do not print debmirror output' },
+  },
+  async run({ values, io, json }) {
+    const cfg = await loadMirrorConfig(requireString(values, 'config'));
+    const progress = progressFor(io, json);
+    const r = await syncMirror(cfg, {
+      jobs: optInt(values, 'jobs', { min: 1 }),
+      log: json || values.quiet ? undefined : (l) => { progress?.end(); io.err(l); },
+      onProgress: progress ? (p) => progress.update(p) : undefined,
+    }).finally(() => progress?.end());
+    if (json) io.out(JSON.stringify({ ok: r.ok, current: r.current, state: r.state, reason: r.reason ?? null, problems: r.problems }));
+    else {
+      for (const p of r.problems) io.out(problemLine(p));
+      io.out(r.ok
+        ? `OK: ${r.current} verified (${r.report?.files ?? 0} pool file(s), ${formatBytes(r.report?.bytes ?? 0)}) and is now current`
+        : `FAILED: ${r.reason}; current is still ${r.current ?? '(none: no good state yet)'}; failed state kept in ${r.state}`);
+    }
+    return r.ok ? EXIT.OK : EXIT.FAILED;
+  },
+};
+
+export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, publishCmd, verifyCmd, serveCmd, mirrorVerifyCmd, mirrorSyncCmd];
 
 export const BLURB = 'liveup: build, sign and publish generations of live Debian systems.';
 

@@ -30,6 +30,8 @@ export const ERROR_CODES = [
   // factory (liveup build / derive)
   'PROFILE_INVALID',
   'BUILD_FAILED',
+  // apt mirrors (liveup mirror verify | sync)
+  'MIRROR_INVALID',
   // agent
   'UPDATE_IN_PROGRESS',
   'NO_SPACE',
