@@ -15,6 +15,7 @@ fi
 # Debian packages: what the tools and tests run for real.
 PKGS=(squashfs-tools grub-common grub-pc-bin dbus debootstrap kexec-tools
       e2fsprogs dosfstools util-linux iproute2 python3 make g++ curl ca-certificates
+      apt-utils debmirror gpgv xz-utils
       dpkg-dev binutils lintian zstd)
 [ "${LIVEUP_SETUP_VM:-0}" = 1 ] && PKGS+=(qemu-system-x86 qemu-utils xorriso mtools)
 missing=()

@@ -6,11 +6,17 @@ import { openSource } from '../../agent/src/channel/source.js';
 import {
   EXIT, optInt, optString, parseDuration, requireString, runCli, stringList, type Command,
 } from '../../agent/src/cli/framework.js';
+import { build, DEFAULT_CACHE } from './factory/build.js';
+import { derive, DEFAULT_REBOOT_PACKAGES } from './factory/derive.js';
 import { generateKey } from './key.js';
 import { publish } from './publish.js';
 import { listChannels } from './repo.js';
 import { serve } from './serve.js';
 import { verifyRepo } from './verify-repo.js';
+import { defaultJobs } from './mirror/hashpool.js';
+import { ProgressLine, formatBytes } from './mirror/progress.js';
+import { loadMirrorConfig, syncMirror } from './mirror/sync.js';
+import { resolveMirrorRoot, verifyMirror, type MirrorProblem } from './mirror/verify.js';
 
 const keyGenerate: Command = {
   path: ['key', 'generate'],
@@ -153,7 +159,175 @@ const serveCmd: Command = {
   },
 };
 
-export const COMMANDS: Command[] = [keyGenerate, publishCmd, verifyCmd, serveCmd];
+const buildCmd: Command = {
+  path: ['build'],
+  summary: 'build a generation directory from a profile (debootstrap, apt, squashfs)',
+  usage: '--profile PROFILE.json --out GENDIR [--cache DIR] [--force]',
+  description:
+    'Runs as root. Steps are printed with their durations. The build happens in GENDIR.tmp-<pid> and is\n' +
+    'renamed to GENDIR at the end: a failed or interrupted build unmounts everything and leaves no GENDIR.\n' +
+    'The profile format is described in docs/factory.md (example: profiles/example.json).',
+  options: {
+    profile: { type: 'string', description: 'build profile (JSON)', valueName: 'PROFILE' },
+    out: { type: 'string', description: 'generation directory to write', valueName: 'GENDIR' },
+    cache: { type: 'string', description: 'cache for base trees and .deb files', default: DEFAULT_CACHE, valueName: 'DIR' },
+    force: { type: 'boolean', description: 'replace GENDIR if it exists (only once the new build is complete)' },
+  },
+  async run({ values, io, json }) {
+    const r = await build({
+      profilePath: requireString(values, 'profile'),
+      out: requireString(values, 'out'),
+      cacheDir: optString(values, 'cache'),
+      force: values.force === true,
+      log: (l) => (json ? io.err(l) : io.out(l)),
+    });
+    if (json) io.out(JSON.stringify({ ok: true, ...r }));
+    else {
+      const total = Object.values(r.timings).reduce((a, b) => a + b, 0);
+      io.out(`built ${r.name} into ${r.gendir}: kernel ${r.kernel ?? 'none'}, ${r.packages} packages, squashfs ${(r.squashfsBytes / 1e6).toFixed(1)} MB, ${total.toFixed(0)} s`);
+      for (const [p, v] of Object.entries(r.resolved)) io.out(`  ${p} ${v}`);
+    }
+    return EXIT.OK;
+  },
+};
+
+const deriveCmd: Command = {
+  path: ['derive'],
+  summary: 'derive a generation from the latest one by installing, removing or upgrading packages',
+  usage: '--from REPO|GENDIR [--channel NAME] [--keyring PUB.asc] [--install P]… [--remove P]… [--upgrade] --out GENDIR',
+  description:
+    'Unpacks the source generation, applies the changes with apt in a chroot and records exactly which\n' +
+    '.deb files dpkg installed (in dpkg\'s order) and which packages it removed, into GENDIR/generation.json\n' +
+    'and GENDIR/debs/. rebootRequired lists "kernel", "initrd" and "package:<name>" reasons.\n' +
+    'From a repository, the latest generation of --channel is used; without --keyring its files are read\n' +
+    'unverified (a warning says so). From an unpublished GENDIR, pass --parent N to name its published version.',
+  options: {
+    from: { type: 'string', description: 'channel repository or generation directory', valueName: 'REPO|GENDIR' },
+    channel: { type: 'string', description: 'channel whose latest generation to start from (with a repository)', valueName: 'NAME' },
+    keyring: { type: 'string', description: 'verify the repository with these pinned public keys', valueName: 'PUB.asc' },
+    install: { type: 'string', multiple: true, description: 'package to install or upgrade (name or name=VERSION)', valueName: 'P' },
+    remove: { type: 'string', multiple: true, description: 'package to remove', valueName: 'P' },
+    upgrade: { type: 'boolean', description: 'apt-get full-upgrade first' },
+    out: { type: 'string', description: 'generation directory to write', valueName: 'GENDIR' },
+    name: { type: 'string', description: 'generation name (default: source name + timestamp)' },
+    parent: { type: 'string', description: 'parent version when --from is an unpublished GENDIR', valueName: 'N' },
+    'reboot-packages': { type: 'string', description: 'packages whose change requires a reboot (comma-separated)', default: DEFAULT_REBOOT_PACKAGES.join(','), valueName: 'P,P' },
+    cache: { type: 'string', description: 'cache for .deb files', default: DEFAULT_CACHE, valueName: 'DIR' },
+    force: { type: 'boolean', description: 'replace GENDIR if it exists' },
+  },
+  async run({ values, io, json }) {
+    const keyringPath = optString(values, 'keyring');
+    const rebootList = optString(values, 'reboot-packages');
+    const r = await derive({
+      from: requireString(values, 'from'),
+      channel: optString(values, 'channel'),
+      keyring: keyringPath ? await loadKeyring(keyringPath) : undefined,
+      install: stringList(values, 'install').flatMap((x) => x.split(',')).filter(Boolean),
+      remove: stringList(values, 'remove').flatMap((x) => x.split(',')).filter(Boolean),
+      upgrade: values.upgrade === true,
+      out: requireString(values, 'out'),
+      name: optString(values, 'name'),
+      parent: optInt(values, 'parent', { min: 1 }),
+      rebootPackages: rebootList === undefined ? undefined : rebootList.split(',').map((x) => x.trim()).filter(Boolean),
+      cacheDir: optString(values, 'cache'),
+      force: values.force === true,
+      log: (l) => (json ? io.err(l) : io.out(l)),
+    });
+    if (json) io.out(JSON.stringify({ ok: true, ...r }));
+    else {
+      io.out(`derived ${r.name} into ${r.gendir} (parent ${r.parent ?? 'none'}): ${r.changes.length} change(s)`);
+      for (const c of r.changes) io.out(`  ${c.action.padEnd(7)} ${c.package} ${c.from ?? ''}${c.from && c.version ? ' → ' : ''}${c.version ?? ''}`);
+      io.out(`reboot required: ${r.rebootRequired.required ? `yes (${r.rebootRequired.reasons.join(', ')})` : 'no'}`);
+    }
+    return EXIT.OK;
+  },
+};
+
+const DEBIAN_KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
+
+function problemLine(p: MirrorProblem): string {
+  return `${p.kind} ${p.path}: ${p.detail}`;
+}
+
+/** A progress line on stderr when it is a terminal and the output is for people. */
+function progressFor(io: { isTTY: boolean }, json: boolean): ProgressLine | null {
+  return io.isTTY && !json ? new ProgressLine((s) => process.stderr.write(s)) : null;
+}
+
+const mirrorVerifyCmd: Command = {
+  path: ['mirror', 'verify'],
+  summary: 'verify a local apt mirror: signatures, every index, every .deb, unreferenced files',
+  usage: 'PATH [--keyring K] [--jobs N] [--dist SUITE]… [--arch ARCH]… [--json]',
+  description:
+    'PATH holds dists/ and pool/ (or is a `mirror sync` destination; its current/ is checked).\n' +
+    'Checks InRelease / Release.gpg against the keyring, every index file the signed Release lists\n' +
+    '(size, SHA256), by-hash files, every file named by every Packages/Sources index (size, SHA256),\n' +
+    'and reports files in pool/ that no index names. One line per problem, "KIND path: detail",\n' +
+    'then a summary; exit 0 when all holds, 1 on any problem. See docs/mirror.md.',
+  positionals: { min: 1, max: 1 },
+  options: {
+    keyring: { type: 'string', description: `armored or binary OpenPGP keyring [default: ${DEBIAN_KEYRING}]`, valueName: 'K' },
+    jobs: { type: 'string', short: 'j', description: `files hashed in parallel [default: CPU count, ${defaultJobs()} here]`, valueName: 'N' },
+    dist: { type: 'string', multiple: true, description: 'suite under dists/ to check (default: all; unreferenced files are then not checked)', valueName: 'SUITE' },
+    arch: { type: 'string', multiple: true, description: 'architecture whose Packages index must be present', valueName: 'ARCH' },
+  },
+  async run({ values, positionals, io, json }) {
+    const root = await resolveMirrorRoot(positionals[0]!);
+    const keyring = await loadKeyring(optString(values, 'keyring') ?? DEBIAN_KEYRING);
+    const progress = progressFor(io, json);
+    const report = await verifyMirror(root, {
+      keyring,
+      jobs: optInt(values, 'jobs', { min: 1 }),
+      dists: stringList(values, 'dist'),
+      architectures: stringList(values, 'arch'),
+      onProgress: progress ? (p) => progress.update(p) : undefined,
+    }).finally(() => progress?.end());
+    if (json) io.out(JSON.stringify({ ok: report.problems.length === 0, ...report }));
+    else {
+      for (const p of report.problems) io.out(problemLine(p));
+      const secs = report.ms / 1000;
+      const what = `${report.suites.length} suite(s), ${report.indices} index file(s), ${report.files} pool file(s), ` +
+        `${formatBytes(report.bytes)} in ${secs.toFixed(1)} s (${formatBytes(report.bytes / Math.max(secs, 1e-3))}/s)` +
+        (report.unreferencedChecked ? '' : '; unreferenced files not checked (not every suite and index was readable/selected)');
+      io.out(report.problems.length === 0 ? `OK: ${what}` : `FAILED: ${report.problems.length} problem(s); ${what}`);
+    }
+    return report.problems.length === 0 ? EXIT.OK : EXIT.FAILED;
+  },
+};
+
+const mirrorSyncCmd: Command = {
+  path: ['mirror', 'sync'],
+  summary: 'update a local apt mirror with debmirror, verify it, switch to it only if it verifies',
+  usage: '--config FILE [--jobs N] [--json]',
+  description:
+    'FILE is JSON: {"upstream": URL, "suites": [...], "components": [...], "architectures": [...],\n' +
+    '"keyring": PATH, "dest": DIR}. DEST/current points at the newest verified state; a sync that\n' +
+    'fails (debmirror error or verification problem) is reported, exits 1 and leaves current as it was.',
+  options: {
+    config: { type: 'string', description: 'mirror configuration (JSON)', valueName: 'FILE' },
+    jobs: { type: 'string', short: 'j', description: 'files hashed in parallel while verifying [default: CPU count]', valueName: 'N' },
+    quiet: { type: 'boolean', short: 'q', description: 'do not print debmirror output' },
+  },
+  async run({ values, io, json }) {
+    const cfg = await loadMirrorConfig(requireString(values, 'config'));
+    const progress = progressFor(io, json);
+    const r = await syncMirror(cfg, {
+      jobs: optInt(values, 'jobs', { min: 1 }),
+      log: json || values.quiet ? undefined : (l) => { progress?.end(); io.err(l); },
+      onProgress: progress ? (p) => progress.update(p) : undefined,
+    }).finally(() => progress?.end());
+    if (json) io.out(JSON.stringify({ ok: r.ok, current: r.current, state: r.state, reason: r.reason ?? null, problems: r.problems }));
+    else {
+      for (const p of r.problems) io.out(problemLine(p));
+      io.out(r.ok
+        ? `OK: ${r.current} verified (${r.report?.files ?? 0} pool file(s), ${formatBytes(r.report?.bytes ?? 0)}) and is now current`
+        : `FAILED: ${r.reason}; current is still ${r.current ?? '(none: no good state yet)'}; failed state kept in ${r.state}`);
+    }
+    return r.ok ? EXIT.OK : EXIT.FAILED;
+  },
+};
+
+export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, publishCmd, verifyCmd, serveCmd, mirrorVerifyCmd, mirrorSyncCmd];
 
 export const BLURB = 'liveup: build, sign and publish generations of live Debian systems.';
 

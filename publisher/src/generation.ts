@@ -34,6 +34,8 @@ export interface GendirMeta {
   readonly parent?: number | null;
   readonly changes?: readonly GendirChange[];
   readonly rebootRequired?: { readonly required: boolean; readonly reasons: readonly string[] };
+  /** mksquashfs options the factory used, so `liveup derive` re-squashes a child the same way. */
+  readonly squashfs?: { readonly algorithm: string; readonly level?: number; readonly blockSize: number };
 }
 
 export async function readGendirMeta(gendir: string): Promise<GendirMeta> {
@@ -46,7 +48,7 @@ export async function readGendirMeta(gendir: string): Promise<GendirMeta> {
     throw e;
   }
   const r = new Reader(p, 'GENERATION_INVALID');
-  const o = r.object(parseJson(text, p, 'GENERATION_INVALID'), '', ['name', 'architecture', 'kernel', 'parent', 'changes', 'rebootRequired', 'profile', 'built']);
+  const o = r.object(parseJson(text, p, 'GENERATION_INVALID'), '', ['name', 'architecture', 'kernel', 'parent', 'changes', 'rebootRequired', 'profile', 'built', 'squashfs']);
   const k = o.kernel === undefined ? undefined : r.object(o.kernel, 'kernel', ['version', 'cmdline']);
   const changes = o.changes === undefined ? undefined : r.array(o, 'changes', '').map((c, i): GendirChange => {
     const path = `changes[${i}]`;
@@ -67,7 +69,17 @@ export async function readGendirMeta(gendir: string): Promise<GendirMeta> {
       reasons: r.array(rb, 'reasons', 'rebootRequired').map((x, i) => (typeof x === 'string' ? x : r.fail(`rebootRequired.reasons[${i}]`, 'expected a string'))),
     };
   }
+  let squashfs: GendirMeta['squashfs'];
+  if (o.squashfs !== undefined) {
+    const so = r.object(o.squashfs, 'squashfs', ['algorithm', 'level', 'blockSize']);
+    squashfs = {
+      algorithm: r.oneOf(so, 'algorithm', 'squashfs', ['zstd', 'gzip', 'lzo', 'lz4', 'xz', 'lzma']),
+      level: r.optInt(so, 'level', 'squashfs', { min: 1, max: 22 }),
+      blockSize: r.int(so, 'blockSize', 'squashfs', { min: 4096, max: 1 << 20 }),
+    };
+  }
   return {
+    squashfs,
     name: r.optString(o, 'name', ''),
     architecture: r.optString(o, 'architecture', '', { pattern: ARCH_RE, what: 'a Debian architecture' }),
     kernel: k ? { version: r.optString(k, 'version', 'kernel'), cmdline: r.optString(k, 'cmdline', 'kernel') } : undefined,

@@ -56,7 +56,10 @@ export async function serve(opts: ServeOptions): Promise<RunningServer> {
       }
       let path: string;
       try {
-        const url = new URL(req.url ?? '/', 'http://x');
+        // Collapse leading slashes first: `//dists/x` (what debmirror asks for
+        // when the archive is at the server root) would otherwise parse as a
+        // protocol-relative URL whose host is "dists".
+        const url = new URL((req.url ?? '/').replace(/^\/+/, '/'), 'http://x');
         path = await realpath(resolve(root, '.' + decodeURIComponent(url.pathname)));
       } catch {
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');

@@ -39,7 +39,7 @@ describe('liveup key generate', () => {
   });
 
   it('has --help on every command and rejects unknown options with usage', async () => {
-    for (const cmd of [['key', 'generate'], ['publish'], ['verify'], ['serve']]) {
+    for (const cmd of [['key', 'generate'], ['build'], ['derive'], ['publish'], ['verify'], ['serve']]) {
       const r = await runCli('liveup', [...cmd, '--help']);
       expect(r.code).toBe(0);
       expect(r.stdout).toContain(`Usage: liveup ${cmd.join(' ')}`);

@@ -27,6 +27,11 @@ export const ERROR_CODES = [
   'GENERATION_INVALID',
   'REPO_LOCKED',
   'REPO_INVALID',
+  // factory (liveup build / derive)
+  'PROFILE_INVALID',
+  'BUILD_FAILED',
+  // apt mirrors (liveup mirror verify | sync)
+  'MIRROR_INVALID',
   // agent
   'UPDATE_IN_PROGRESS',
   'NO_SPACE',

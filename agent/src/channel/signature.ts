@@ -19,13 +19,31 @@ export interface PinnedKeyring {
   readonly source: string;
 }
 
-export async function parseKeyring(armored: string, source: string): Promise<PinnedKeyring> {
+/**
+ * A keyring is either armored text (what `liveup key generate` writes, one or
+ * more blocks) or a binary OpenPGP packet stream (Debian's
+ * /usr/share/keyrings/*.gpg, `gpg --export`). Bytes are classified by their
+ * start: an armor header after optional whitespace means armored; a first
+ * byte with the OpenPGP packet-tag bit (0x80) set means binary; anything else
+ * (GnuPG's keybox `pubring.kbx`, text) is refused with a clear message.
+ */
+export async function parseKeyring(data: string | Uint8Array, source: string): Promise<PinnedKeyring> {
   const keys: openpgp.Key[] = [];
+  const armored = typeof data === 'string' ? data : isArmored(data) ? Buffer.from(data).toString('utf8') : null;
   try {
-    // A keyring file is often several armored blocks pasted one after another;
-    // openpgp.readKeys reads only the first block, so split them ourselves.
-    const blocks = armored.match(/-----BEGIN PGP (?:PUBLIC|PRIVATE) KEY BLOCK-----[\s\S]*?-----END PGP (?:PUBLIC|PRIVATE) KEY BLOCK-----/g) ?? [armored];
-    for (const b of blocks) keys.push(...(await openpgp.readKeys({ armoredKeys: b })));
+    if (armored !== null) {
+      // A keyring file is often several armored blocks pasted one after another;
+      // openpgp.readKeys reads only the first block, so split them ourselves.
+      const blocks = armored.match(/-----BEGIN PGP (?:PUBLIC|PRIVATE) KEY BLOCK-----[\s\S]*?-----END PGP (?:PUBLIC|PRIVATE) KEY BLOCK-----/g) ?? [armored];
+      for (const b of blocks) keys.push(...(await openpgp.readKeys({ armoredKeys: b })));
+    } else {
+      const bytes = data as Uint8Array;
+      if (bytes.length >= 12 && Buffer.from(bytes.subarray(8, 12)).toString('latin1') === 'KBXf') {
+        throw new Error('a GnuPG keybox (pubring.kbx); export it with `gpg --export KEYID > keyring.gpg`');
+      }
+      if (bytes.length === 0 || (bytes[0]! & 0x80) === 0) throw new Error('neither armored text nor binary OpenPGP packets');
+      keys.push(...(await openpgp.readKeys({ binaryKeys: bytes })));
+    }
   } catch (e) {
     throw new LiveupError('KEYRING_INVALID', `${source}: not an OpenPGP public keyring (${(e as Error).message})`, { file: source });
   }
@@ -36,14 +54,19 @@ export async function parseKeyring(armored: string, source: string): Promise<Pin
   return { keys: pub, fingerprints: pub.map((k) => k.getFingerprint().toUpperCase()), source };
 }
 
+function isArmored(bytes: Uint8Array): boolean {
+  return /^\s*-----BEGIN PGP /.test(Buffer.from(bytes.subarray(0, 256)).toString('latin1'));
+}
+
+/** Armored or binary keyring file (see parseKeyring). */
 export async function loadKeyring(path: string): Promise<PinnedKeyring> {
-  let text: string;
+  let data: Uint8Array;
   try {
-    text = await readFile(path, 'utf8');
+    data = await readFile(path);
   } catch (e) {
     throw new LiveupError('KEYRING_INVALID', `cannot read keyring ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { file: path });
   }
-  return parseKeyring(text, path);
+  return parseKeyring(data, path);
 }
 
 export async function loadPrivateKey(path: string): Promise<openpgp.PrivateKey> {
