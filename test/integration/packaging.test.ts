@@ -231,6 +231,7 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
     const info = (await run('dpkg-deb', ['-f', publisherDeb, 'Architecture', 'Depends'])).stdout;
     expect(info).toMatch(/Architecture: all/);
     expect(info).toMatch(/Depends: nodejs \(>= 20\.19~\)/);
+    for (const d of ['debootstrap', 'squashfs-tools', 'zstd']) expect(info).toContain(d);
   });
 
   it.skipIf(!existsSync('/usr/bin/lintian'))('lintian reports no errors', async () => {
