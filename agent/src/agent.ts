@@ -379,7 +379,8 @@ export class Agent implements AgentApi {
           minBytesPerSecond: f.minBytesPerSecond,
           retries: f.retries,
           backoffMs: f.backoffSeconds * 1000,
-          onProgress: (done) => this.events.emitProgress({ step: `fetch ${a.path}`, done: base + done, total }),
+          // One `download` step over all artifacts: agentctl shows it as bytes, rate and ETA.
+          onProgress: (done) => this.events.emitProgress({ step: 'download', done: base + done, total }),
         }));
         before += a.length;
       }

@@ -5,7 +5,8 @@ import { BUS_OPTION, formatTime, withAgent } from './common.js';
 
 function generationLine(g: GenerationInfo | undefined, version: number, roles: string[], marker: string): string {
   const name = g ? ` ${g.name}` : '';
-  const extra = g ? [g.state, ...(g.pinned ? ['pinned'] : [])] : ['not in the journal'];
+  // The journal state unless a role already says it ("booted, booted").
+  const extra = g ? [...(roles.includes(g.state) ? [] : [g.state]), ...(g.pinned ? ['pinned'] : [])] : ['not in the journal'];
   const kernel = g?.kernelVersion ? `  kernel ${g.kernelVersion}` : '';
   return `${marker} ${version}${name} (${[...roles, ...extra].join(', ')})${kernel}`;
 }
