@@ -10,8 +10,15 @@ import { execa } from 'execa';
 import { LiveupError } from '../channel/errors.js';
 
 export interface RunOptions {
-  /** Kill the process (SIGTERM) after this long. Required in spirit: nothing liveup runs may hang the agent. */
+  /**
+   * Kill the process (SIGTERM) after this long (default 60 s; nothing the agent
+   * runs may hang it). 0 means no limit: a factory build step may take minutes.
+   */
   readonly timeoutMs?: number;
+  /** Each line of stdout/stderr as it comes (long apt/debootstrap runs); output is captured either way. */
+  readonly log?: (line: string) => void;
+  /** Aborting kills the child (SIGTERM) and makes run() throw COMMAND_FAILED with `interrupted`. */
+  readonly signal?: AbortSignal;
   /** Written to the child's stdin, which is then closed. */
   readonly input?: string | Uint8Array;
   /** Added to the inherited environment (after LC_ALL=C, so callers may override). */
@@ -45,7 +52,9 @@ const STDERR_IN_MESSAGE = 2_000;
  */
 export const run: Runner = async (cmd, args, opts = {}) => {
   const ok = opts.okExitCodes ?? [0];
-  const r = await execa(cmd, [...args], {
+  const shown = [cmd, ...args].join(' ');
+  if (opts.signal?.aborted) throw new LiveupError('COMMAND_FAILED', `${shown}: not started, interrupted`, { command: shown, interrupted: true });
+  const child = execa(cmd, [...args], {
     reject: false,
     timeout: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
     // Tools' messages are parsed in places (and quoted in errors): pin the locale.
@@ -54,17 +63,37 @@ export const run: Runner = async (cmd, args, opts = {}) => {
     stripFinalNewline: false,
     encoding: 'utf8',
     maxBuffer: opts.maxBuffer ?? 16 * 1024 * 1024,
+    ...(opts.signal ? { cancelSignal: opts.signal } : {}),
     ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
     ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' as const }),
   });
+  const log = opts.log;
+  if (log) {
+    // Line-split both streams for the callback; execa still captures them for the result.
+    for (const s of [child.stdout, child.stderr]) {
+      let buf = '';
+      s?.on('data', (d: Buffer | string) => {
+        buf += d.toString();
+        const lines = buf.split('\n');
+        buf = lines.pop() ?? '';
+        for (const l of lines) if (l.trim()) log(l);
+      });
+      s?.on('end', () => { if (buf.trim()) log(buf); });
+    }
+  }
+  const r = await child;
   const stdout = typeof r.stdout === 'string' ? r.stdout : '';
   const stderr = typeof r.stderr === 'string' ? r.stderr : '';
-  const shown = [cmd, ...args].join(' ');
+  // Some tools (apt, debootstrap) report on stdout: quote whichever said something.
+  const tail = (stderr.trim() || stdout.trim()).slice(-STDERR_IN_MESSAGE);
   const details = (extra: Record<string, string | number | boolean>) => ({
     command: shown,
     stderr: stderr.slice(0, 64 * 1024),
     ...extra,
   });
+  if (r.isCanceled || opts.signal?.aborted) {
+    throw new LiveupError('COMMAND_FAILED', `${shown}: interrupted`, details({ interrupted: true }));
+  }
   if (r.exitCode === undefined || r.timedOut || r.isMaxBuffer) {
     const why = r.timedOut
       ? `timed out after ${opts.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`
@@ -78,7 +107,6 @@ export const run: Runner = async (cmd, args, opts = {}) => {
     });
   }
   if (!ok.includes(r.exitCode)) {
-    const tail = stderr.trim().slice(-STDERR_IN_MESSAGE);
     throw new LiveupError('COMMAND_FAILED', `${shown} exited with ${r.exitCode}${tail ? `: ${tail}` : ''}`, details({ exitCode: r.exitCode }));
   }
   return { stdout, stderr, exitCode: r.exitCode };
