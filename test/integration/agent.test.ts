@@ -277,9 +277,10 @@ describe('liveup-agentd and agentctl', () => {
     expect(await readdir(join(m.boot, 'live'))).not.toContain('2');
     await cp(join(m.repo, 'generations', '2'), join(inbox, 'usb-gen2'), { recursive: true });
     // The boot menu and grubenv are written after the generation lands on the medium.
-    await waitFor('generation 2 staged from the inbox and armed for the next boot', async () => grubenv(m.boot).liveup_try_version === '2');
+    // The bundle is removed from the inbox last, once staged and armed.
+    await waitFor('generation 2 staged from the inbox and armed for the next boot',
+      async () => grubenv(m.boot).liveup_try_version === '2' && !(await readdir(inbox)).includes('usb-gen2'));
     expect((await readdir(join(m.boot, 'live'))).sort()).toEqual(['.liveup-boot', '1', '2']);
-    expect(await readdir(inbox)).not.toContain('usb-gen2');
   });
 
   it('a bad config drop-in is refused and the old configuration kept', async () => {
