@@ -6,7 +6,7 @@
  * things and the journal: a row marks each step before it starts, so a crash
  * at any point is visible and reconciled at the next start.
  */
-import { readFile, readdir, rm, mkdir } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fetchVerifiedIndex, fetchVerifiedManifest } from './channel/client.js';
 import { LiveupError, toLiveupError, type ErrorCode } from './channel/errors.js';
@@ -477,7 +477,6 @@ export class Agent implements AgentApi {
 
   async #sizeOf(version: number): Promise<number> {
     const dir = join(this.#config.bootDir, 'live', String(version));
-    const { stat } = await import('node:fs/promises');
     let n = 0;
     for (const f of await readdir(dir).catch(() => [] as string[])) n += (await stat(join(dir, f)).catch(() => ({ size: 0 }))).size;
     return n;
@@ -564,7 +563,6 @@ export class Agent implements AgentApi {
       const err = toLiveupError(e);
       const rejected = join(this.#config.inboxDir, '.rejected');
       await mkdir(rejected, { recursive: true });
-      const { rename } = await import('node:fs/promises');
       const to = join(rejected, `${Date.now()}-${dir.split('/').pop()}`);
       await rename(dir, to).catch(() => undefined);
       await writeFileAtomic(`${to}.reason`, `${err.code}: ${err.message}\n`).catch(() => undefined);
