@@ -76,7 +76,13 @@ export class Chroot {
   async bind(hostDir: string, inside: string): Promise<void> {
     await run('mkdir', ['-p', this.path(inside)]);
     await this.mount(['--bind', hostDir], inside);
+    // apt takes a non-blocking lock on its archive directory: two builds sharing
+    // the host's cache would fail at once ("Could not get lock"). Queue them
+    // behind a host-side flock instead.
+    if (inside === 'var/cache/apt/archives') this.aptLock = join(hostDir, '.liveup-apt.flock');
   }
+
+  private aptLock: string | null = null;
 
   private async mount(args: string[], inside: string): Promise<void> {
     const target = this.path(inside);
@@ -94,8 +100,10 @@ export class Chroot {
   }
 
   /** Run a command inside the chroot, non-interactively, output streamed to the log. */
-  exec(cmd: string, args: readonly string[], opts: Omit<RunOptions, 'signal'> & { quiet?: boolean } = {}): Promise<RunResult> {
-    return run('chroot', [this.root, cmd, ...args], {
+  exec(cmd: string, args: readonly string[], opts: Omit<RunOptions, 'signal'> & { quiet?: boolean; lock?: string | null } = {}): Promise<RunResult> {
+    const argv = ['chroot', this.root, cmd, ...args];
+    const [prog, ...rest] = opts.lock ? ['flock', '--wait', '1800', opts.lock, ...argv] : argv;
+    return run(prog!, rest, {
       ...opts,
       env: {
         DEBIAN_FRONTEND: 'noninteractive',
@@ -114,7 +122,7 @@ export class Chroot {
       '-y', '-q', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold',
       // The archive cache may be a bind mount from the host: _apt cannot always write there.
       '-o', 'APT::Sandbox::User=root', ...args,
-    ]);
+    ], { lock: this.aptLock });
   }
 
   /** Stop maintainer scripts from starting daemons inside the chroot (invoke-rc.d honours exit 101). */
