@@ -17,7 +17,7 @@ PKGS=(squashfs-tools grub-common grub-pc-bin dbus debootstrap kexec-tools
       e2fsprogs dosfstools util-linux iproute2 python3 make g++ curl ca-certificates
       apt-utils debmirror gpgv xz-utils
       dpkg-dev binutils lintian zstd)
-[ "${LIVEUP_SETUP_VM:-0}" = 1 ] && PKGS+=(qemu-system-x86 qemu-utils xorriso mtools grub-pc-bin)
+[ "${LIVEUP_SETUP_VM:-0}" = 1 ] && PKGS+=(qemu-system-x86 qemu-utils xorriso mtools)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
