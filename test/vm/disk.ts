@@ -8,8 +8,9 @@
  * and `partx -a` (losetup -P does not create partition nodes on these hosts).
  * Needs root, grub-mkimage/grub-editenv (grub-common) and grub-pc-bin, mkfs.ext4.
  */
-import { copyFileSync, mkdirSync, openSync, writeSync, closeSync, ftruncateSync, writeFileSync, existsSync, rmSync, readdirSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, openSync, writeSync, closeSync, ftruncateSync, writeFileSync, existsSync, rmSync, readdirSync, readFileSync, appendFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { renderBootMenu, type BootMenuGeneration } from '../../agent/src/core/bootmenu.js';
 
@@ -20,6 +21,8 @@ export interface DiskGeneration {
   readonly kernelVersion: string;
   readonly cmdline: string;
   readonly state: BootMenuGeneration['state'];
+  /** Append a byte to the squashfs after computing the manifest's digest (a tampered medium). */
+  readonly tamperSquashfs?: boolean;
 }
 
 export interface DiskOptions {
@@ -81,6 +84,14 @@ export function assembleDisk(o: DiskOptions): void {
       const d = join(mnt, 'live', String(g.version));
       mkdirSync(d, { recursive: true });
       for (const f of ['vmlinuz', 'initrd.img', 'filesystem.squashfs']) copyFileSync(join(g.gendir, f), join(d, f));
+      // A minimal manifest.json: what the initramfs verification reads (the agent stages the signed one).
+      const sq = readFileSync(join(g.gendir, 'filesystem.squashfs'));
+      const manifest = {
+        format: 1, version: g.version, name: g.name,
+        artifacts: [{ role: 'squashfs', path: 'filesystem.squashfs', length: sq.length, sha512: createHash('sha512').update(sq).digest('hex') }],
+      };
+      writeFileSync(join(d, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
+      if (g.tamperSquashfs) appendFileSync(join(d, 'filesystem.squashfs'), 'tampered');
     }
     writeFileSync(join(mnt, 'live', '.liveup-boot'), 'liveup boot medium\n');
     mkdirSync(join(mnt, 'grub'), { recursive: true });

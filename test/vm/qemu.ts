@@ -12,14 +12,17 @@ export interface Vm {
   stop(): Promise<void>;
 }
 
-export function bootVm(opts: { image: string; consoleLog: string; memMiB?: number }): Vm {
+/** `allowReboot`: a guest reboot goes through SeaBIOS and GRUB again (default: QEMU exits, -no-reboot). */
+export function bootVm(opts: { image: string; consoleLog: string; memMiB?: number; allowReboot?: boolean }): Vm {
   writeFileSync(opts.consoleLog, '');
   // flock holds the lock for QEMU's lifetime; -no-reboot makes a guest reboot end QEMU.
   const child: ChildProcess = spawn('flock', [
-    '/var/lock/liveup-qemu.lock', 'qemu-system-x86_64',
+    // --no-fork: flock execs QEMU holding the lock, so stopping QEMU releases it (a forked flock would leave QEMU running).
+    '--no-fork', '/var/lock/liveup-qemu.lock', 'qemu-system-x86_64',
     '-accel', 'tcg', '-cpu', 'qemu64', '-smp', '1', '-m', String(opts.memMiB ?? 2048),
     '-drive', `file=${opts.image},format=raw,if=virtio`,
-    '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot', '-nic', 'none',
+    '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-nic', 'none',
+    ...(opts.allowReboot ? [] : ['-no-reboot']),
   ], { stdio: ['pipe', 'pipe', 'pipe'] });
   let text = '';
   let exited: string | null = null;
