@@ -202,7 +202,8 @@ export async function bootCheck(opts: BootCheckOptions): Promise<BootCheckResult
     }
     if (!healthy && opts.reboot) {
       log(`generation ${version} is unhealthy: rebooting into the last good generation`);
-      journal.beginStep('reboot', version, { reason: 'boot-check-failed' });
+      // Closed at once: left `started`, the agent's next start() would report it as interrupted.
+      journal.endStep(journal.beginStep('reboot', version, { reason: 'boot-check-failed' }), 'ok', null, 'reboot requested by the boot check');
       rebooting = true;
     }
   } finally {

@@ -98,6 +98,10 @@ describe('liveup-boot-check', () => {
     expect(grubenvList(e)).not.toMatch(/liveup_try_version/);
     const menu = await readFile(join(e.bootDir, 'grub', 'grub.cfg'), 'utf8');
     expect(menu).toMatch(/^set default=1$/m); // entry 1 is liveup-1
+    const j = Journal.open(join(e.stateDir, 'journal.db'));
+    expect(j.inProgress()).toEqual([]);
+    expect(j.history({ version: 2 }).map((x) => `${x.kind}:${x.status}`)).toEqual(expect.arrayContaining(['boot-check:failed', 'reboot:ok']));
+    j.close();
   });
 
   test('a required unit that is not active fails the boot; --no-reboot does not reboot', async () => {
