@@ -8,7 +8,7 @@
  * and `partx -a` (losetup -P does not create partition nodes on these hosts).
  * Needs root, grub-mkimage/grub-editenv (grub-common) and grub-pc-bin, mkfs.ext4.
  */
-import { copyFileSync, mkdirSync, openSync, writeSync, closeSync, ftruncateSync, writeFileSync, existsSync, rmSync, readdirSync, readFileSync, appendFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, openSync, writeSync, closeSync, ftruncateSync, writeFileSync, existsSync, rmSync, readdirSync, readFileSync, appendFileSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -112,6 +112,7 @@ export function assembleDisk(o: DiskOptions): void {
     for (const f of readdirSync(GRUB_PC)) if (/\.(mod|lst)$/.test(f)) copyFileSync(join(GRUB_PC, f), join(mnt, 'grub', 'i386-pc', f));
   } finally {
     if (mounted) execFileSync('umount', [mnt]);
+    if (existsSync(mnt)) rmdirSync(mnt);
     try { execFileSync('partx', ['-d', loop]); } catch { /* already gone */ }
     execFileSync('losetup', ['-d', loop]);
   }
