@@ -1,0 +1,120 @@
+/** The initramfs script that records the booted generation, run with busybox-compatible sh on the host. */
+import { describe, expect, test } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { mkdir, readFile, writeFile, chmod } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmp } from '../helpers/tmp.js';
+
+const SCRIPT = join(import.meta.dirname, '../../initramfs-hooks/scripts/init-bottom/liveup');
+
+async function runWith(cmdline: string): Promise<string | null> {
+  const d = await tmp('liveup-initramfs-');
+  await writeFile(join(d, 'cmdline'), cmdline + '\n');
+  execFileSync('sh', [SCRIPT], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LIVEUP_CMDLINE_FILE: join(d, 'cmdline'), LIVEUP_RUN_DIR: join(d, 'run/liveup') } });
+  const f = join(d, 'run/liveup/booted');
+  return existsSync(f) ? readFile(f, 'utf8') : null;
+}
+
+describe('initramfs-hooks/scripts/init-bottom/liveup', () => {
+  test('records liveup.generation=N', async () => {
+    expect(await runWith('BOOT_IMAGE=/live/7/vmlinuz boot=live components live-media-path=/live/7 liveup.generation=7')).toBe('7\n');
+  });
+  test('ignores what is not a positive integer, and the absence of the parameter', async () => {
+    expect(await runWith('boot=live liveup.generation=07')).toBeNull();
+    expect(await runWith('boot=live liveup.generation=x1')).toBeNull();
+    expect(await runWith('boot=live liveup.generation=')).toBeNull();
+    expect(await runWith('boot=live quiet')).toBeNull();
+    expect(await runWith('liveup.generationx=3')).toBeNull();
+  });
+  test('prereqs prints nothing to depend on', () => {
+    expect(execFileSync('sh', [SCRIPT, 'prereqs'], { encoding: 'utf8' }).trim()).toBe('');
+  });
+  test.skipIf(!existsSync('/usr/bin/shellcheck'))('shellcheck-clean', () => {
+    execFileSync('shellcheck', ['-s', 'sh', SCRIPT]);
+  });
+});
+
+const VERIFY = join(import.meta.dirname, '../../initramfs-hooks/scripts/init-premount/liveup-verify');
+
+describe('initramfs-hooks/scripts/init-premount/liveup-verify', () => {
+  async function medium(opts: { tamper?: boolean; compact?: boolean; noDigest?: boolean } = {}): Promise<{ d: string; medium: string; panicLog: string; panic: string }> {
+    const d = await tmp('liveup-verify-');
+    const medium = join(d, 'medium');
+    await mkdir(join(medium, 'live/3'), { recursive: true });
+    const squash = Buffer.from('pretend squashfs '.repeat(1000));
+    await writeFile(join(medium, 'live/3/filesystem.squashfs'), opts.tamper ? Buffer.concat([squash, Buffer.from('x')]) : squash);
+    const sha = createHash('sha512').update(squash).digest('hex');
+    const artifacts = [
+      { role: 'kernel', path: 'vmlinuz', length: 1, sha512: 'a'.repeat(128) },
+      opts.noDigest ? { role: 'squashfs', path: 'filesystem.squashfs', length: squash.length } : { role: 'squashfs', path: 'filesystem.squashfs', length: squash.length, sha512: sha },
+    ];
+    const manifest = { format: 1, version: 3, artifacts };
+    await writeFile(join(medium, 'live/3/manifest.json'), opts.compact ? JSON.stringify(manifest) : JSON.stringify(manifest, null, 2));
+    const panicLog = join(d, 'panic.log');
+    const panic = join(d, 'panic');
+    await writeFile(panic, `#!/bin/sh\necho "$*" >> ${panicLog}\n`);
+    await chmod(panic, 0o755);
+    return { d, medium, panicLog, panic };
+  }
+
+  async function verify(m: { d: string; medium: string; panic: string }, cmdline: string): Promise<number> {
+    await writeFile(join(m.d, 'cmdline'), cmdline + '\n');
+    try {
+      execFileSync('sh', [VERIFY], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LIVEUP_CMDLINE_FILE: join(m.d, 'cmdline'), LIVEUP_MEDIUM: m.medium, LIVEUP_PANIC: m.panic }, stdio: 'pipe' });
+      return 0;
+    } catch (e) {
+      return (e as { status: number }).status;
+    }
+  }
+
+  const CMD = 'boot=live components live-media-path=/live/3 liveup.generation=3 liveup.verify=1';
+
+  test('a matching squashfs passes (pretty and compact manifests)', async () => {
+    for (const compact of [false, true]) {
+      const m = await medium({ compact });
+      expect(await verify(m, CMD)).toBe(0);
+      expect(existsSync(m.panicLog)).toBe(false);
+    }
+  });
+
+  test('a tampered squashfs panics', async () => {
+    const m = await medium({ tamper: true });
+    expect(await verify(m, CMD)).toBe(1);
+    expect(await readFile(m.panicLog, 'utf8')).toMatch(/does not match its manifest/);
+  });
+
+  test('a manifest without the squashfs digest panics', async () => {
+    const m = await medium({ noDigest: true });
+    expect(await verify(m, CMD)).toBe(1);
+    expect(await readFile(m.panicLog, 'utf8')).toMatch(/names no squashfs sha512/);
+  });
+
+  test('without liveup.verify=1 nothing is checked', async () => {
+    const m = await medium({ tamper: true });
+    expect(await verify(m, CMD.replace(' liveup.verify=1', ''))).toBe(0);
+    expect(await verify(m, CMD.replace('liveup.verify=1', 'liveup.verify=0'))).toBe(0);
+    expect(existsSync(m.panicLog)).toBe(false);
+  });
+
+  test('live-media-path defaults to /live/<generation>', async () => {
+    const m = await medium({ tamper: true });
+    expect(await verify(m, 'boot=live liveup.generation=3 liveup.verify=1')).toBe(1);
+  });
+
+  test.skipIf(!existsSync('/usr/bin/shellcheck'))('shellcheck-clean', () => {
+    execFileSync('shellcheck', ['-s', 'sh', VERIFY]);
+  });
+
+  test.skipIf(!existsSync('/bin/busybox') && !existsSync('/usr/bin/busybox'))('runs under busybox sh', async () => {
+    const m = await medium({ tamper: true });
+    await writeFile(join(m.d, 'cmdline'), CMD + '\n');
+    const bb = existsSync('/bin/busybox') ? '/bin/busybox' : '/usr/bin/busybox';
+    let status = 0;
+    try {
+      execFileSync(bb, ['sh', VERIFY], { env: { PATH: process.env.PATH ?? '', LIVEUP_CMDLINE_FILE: join(m.d, 'cmdline'), LIVEUP_MEDIUM: m.medium, LIVEUP_PANIC: m.panic }, stdio: 'pipe' });
+    } catch (e) { status = (e as { status: number }).status; }
+    expect(status).toBe(1);
+  });
+});

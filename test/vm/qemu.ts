@@ -1,0 +1,63 @@
+/**
+ * VM harness: boot a raw disk in QEMU (TCG, one VM at a time under
+ * /var/lock/liveup-qemu.lock) and read its serial console.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync, writeFileSync } from 'node:fs';
+
+export interface Vm {
+  /** Resolves with the first match of `re` on the console (since boot), or rejects after `timeoutMs`. */
+  waitFor(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray>;
+  console(): string;
+  stop(): Promise<void>;
+}
+
+/** `allowReboot`: a guest reboot goes through SeaBIOS and GRUB again (default: QEMU exits, -no-reboot). */
+export function bootVm(opts: { image: string; consoleLog: string; memMiB?: number; allowReboot?: boolean }): Vm {
+  writeFileSync(opts.consoleLog, '');
+  // flock holds the lock for QEMU's lifetime; -no-reboot makes a guest reboot end QEMU.
+  const child: ChildProcess = spawn('flock', [
+    // --no-fork: flock execs QEMU holding the lock, so stopping QEMU releases it (a forked flock would leave QEMU running).
+    '--no-fork', '/var/lock/liveup-qemu.lock', 'qemu-system-x86_64',
+    '-accel', 'tcg', '-cpu', 'qemu64', '-smp', '1', '-m', String(opts.memMiB ?? 2048),
+    '-drive', `file=${opts.image},format=raw,if=virtio`,
+    '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-nic', 'none',
+    ...(opts.allowReboot ? [] : ['-no-reboot']),
+  ], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let text = '';
+  let exited: string | null = null;
+  const waiters = new Set<() => void>();
+  const poke = (): void => { for (const w of [...waiters]) w(); };
+  const onData = (b: Buffer): void => {
+    const s = b.toString('latin1');
+    text += s;
+    appendFileSync(opts.consoleLog, s);
+    poke();
+  };
+  child.stdout!.on('data', onData);
+  child.stderr!.on('data', onData);
+  child.on('exit', (code, sig) => { exited = `QEMU exited (${code ?? sig})`; poke(); });
+  return {
+    console: () => text,
+    waitFor(re, timeoutMs) {
+      return new Promise((resolve, reject) => {
+        const check = (): void => {
+          const m = text.match(re);
+          if (m) return done(() => resolve(m));
+          // Both GRUB entries failed: GRUB waits for a key forever (vm-boot-facts.md).
+          if (/Press any key to continue/.test(text)) return done(() => reject(new Error(`GRUB failed to boot; see ${opts.consoleLog}`)));
+          if (/Kernel panic/.test(text)) return done(() => reject(new Error(`kernel panic; see ${opts.consoleLog}`)));
+          if (exited) return done(() => reject(new Error(`${exited} before ${re}; see ${opts.consoleLog}`)));
+        };
+        const timer = setTimeout(() => done(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${re}; see ${opts.consoleLog}`))), timeoutMs);
+        const done = (f: () => void): void => { clearTimeout(timer); waiters.delete(check); f(); };
+        waiters.add(check);
+        check();
+      });
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      await new Promise<void>((r) => { child.once('exit', () => r()); child.kill('SIGTERM'); });
+    },
+  };
+}
