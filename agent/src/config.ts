@@ -15,6 +15,7 @@
  *   keeps the old config when the new one is bad, and stays quiet when a
  *   rewrite changes nothing, so the daemon only reacts to real changes.
  */
+import { closeSync, openSync, readFileSync, readSync, readlinkSync } from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join as joinPath } from 'node:path';
 import { validate as validateCron } from 'node-cron';
@@ -147,11 +148,41 @@ export function hostDebianArchitecture(arch: string = process.arch): string {
   return map[arch] ?? arch;
 }
 
+/**
+ * The host's zone without Intl: Intl maps ICU's locale and zone data (~8 MB of
+ * resident memory for the daemon's whole life); the zone's name is in TZ or
+ * the /etc/localtime link on Debian.
+ */
 function hostTimeZone(): string {
-  return Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+  const env = process.env.TZ;
+  if (env && !env.startsWith(':') && !env.startsWith('/')) return env;
+  try {
+    const m = /\/zoneinfo\/(.+)$/.exec(readlinkSync('/etc/localtime'));
+    if (m) return m[1]!;
+  } catch { /* no link: fall through */ }
+  try {
+    const name = readFileSync('/etc/timezone', 'utf8').trim();
+    if (name) return name;
+  } catch { /* none */ }
+  return 'UTC';
 }
 
+const ZONE_NAME_RE = /^[A-Za-z0-9_+-]+(?:\/[A-Za-z0-9_+-]+)*$/;
+
+/** tzdata's file first (no ICU data mapped); Intl only on hosts without tzdata. */
 export function isValidTimeZone(tz: string): boolean {
+  if (tz === 'UTC') return true;
+  if (!ZONE_NAME_RE.test(tz)) return false;
+  try {
+    const fd = openSync(`/usr/share/zoneinfo/${tz}`, 'r');
+    try {
+      const head = Buffer.alloc(4);
+      readSync(fd, head, 0, 4, 0);
+      if (head.toString('latin1') === 'TZif') return true;
+    } finally {
+      closeSync(fd);
+    }
+  } catch { /* no tzdata file: ask ICU */ }
   try {
     new Intl.DateTimeFormat('en-US', { timeZone: tz });
     return true;

@@ -12,7 +12,7 @@ import { toLiveupError } from './channel/errors.js';
 import { createGrubEnv } from './adapters/grubenv.js';
 import { Journal } from './adapters/journal.js';
 import { watchInbox, type InboxWatcher } from './adapters/inbox.js';
-import { scheduleChecks, type Schedule } from './adapters/scheduler.js';
+import { applyTimeZone, scheduleChecks, type Schedule } from './adapters/scheduler.js';
 import { DEFAULT_DROP_IN_DIR, DEFAULT_MAIN_FILE, loadConfig, watchConfig, type ConfigWatcher } from './config.js';
 import { startService, type AgentService } from './dbus/service.js';
 import { TxLock } from './core/txlock.js';
@@ -81,9 +81,11 @@ export async function startDaemon(opts: { mainFile: string; dropInDir: string; r
   });
   log.info({ bus: opts.bus ?? config.dbus }, 'serving org.liveup.Agent1');
 
-  const scheduleFrom = (c = agent.config): Schedule =>
-    scheduleChecks(c.schedule, { jitterMs: c.jitterSeconds * 1000, timeZone: c.timeZone }, () =>
+  const scheduleFrom = (c = agent.config): Schedule => {
+    applyTimeZone(c.timeZone);
+    return scheduleChecks(c.schedule, { jitterMs: c.jitterSeconds * 1000 }, () =>
       guarded('scheduled-update', 'scheduler', () => agent.update({ downloadOnly: true, applyLive: false }, { scheduled: true })));
+  };
   schedule = scheduleFrom();
 
   let inbox: InboxWatcher = watchInbox(config.inboxDir, (dir) => void guarded('inbox', 'inbox', () => agent.importBundle(dir)));
@@ -128,14 +130,13 @@ const daemonCmd: Command = {
     'run-dir': { type: 'string', description: 'runtime directory (the boot side records the booted generation there)', default: '/run/liveup', valueName: 'DIR' },
     bus: { type: 'string', description: 'D-Bus to serve on (overrides the configuration)', valueName: 'BUS' },
   },
-  async run({ values, io }) {
+  async run({ values }) {
     const d = await startDaemon({
       mainFile: optString(values, 'config') ?? DEFAULT_MAIN_FILE,
       dropInDir: optString(values, 'config-dir') ?? DEFAULT_DROP_IN_DIR,
       runDir: optString(values, 'run-dir') ?? '/run/liveup',
       ...(optString(values, 'bus') ? { bus: optString(values, 'bus')! } : {}),
     });
-    io.err('liveup-agentd: running');
     await new Promise<void>((resolve) => {
       const stop = () => void d.stop().then(resolve, resolve);
       process.once('SIGTERM', stop);

@@ -19,8 +19,9 @@ export function bin(name: 'liveup' | 'agentctl' | 'liveup-agentd'): string {
   return p;
 }
 
+/** Runs the launcher itself, as a user does: its shebang (and the daemon's V8 flags in it) apply. */
 export function startCli(name: 'liveup' | 'agentctl' | 'liveup-agentd', args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
-  return spawn(process.execPath, [bin(name), ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  return spawn(bin(name), args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 export function runCli(name: 'liveup' | 'agentctl' | 'liveup-agentd', args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {

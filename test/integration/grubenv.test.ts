@@ -40,6 +40,16 @@ describe('grubenv adapter (real grub-editenv)', () => {
     expect(parseEnvList((await run('grub-editenv', [file, 'list'])).stdout).next_entry).toBe('liveup-7');
   });
 
+  it('reads the block itself exactly as `grub-editenv list` does (escapes, =, unicode, padding)', async () => {
+    const { file } = await setup();
+    // Written by grub-editenv directly, with the values our validator would refuse too (backslashes, '#').
+    await run('grub-editenv', [file, 'create']);
+    await run('grub-editenv', [file, 'set', 'a=x\\y', 'b=c=d', 'c=#not a comment', 'd=été', 'e=', 'f=\\\\n']);
+    const theirs = parseEnvList((await run('grub-editenv', [file, 'list'])).stdout);
+    expect(Object.keys(theirs)).toHaveLength(6);
+    expect(await env.read(file)).toEqual(theirs);
+  });
+
   it('set creates a missing block; read and unset never create one', async () => {
     const { dir, file } = await setup();
     await rejectsWith(env.read(file), 'NOT_FOUND', /does not exist/);

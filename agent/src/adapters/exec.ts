@@ -6,7 +6,7 @@
  * fake without monkey-patching child_process. Running a command is kept apart
  * from parsing its output: callers get raw text and parse it themselves.
  */
-import { execa } from 'execa';
+import type { execa as Execa } from 'execa';
 import { LiveupError } from '../channel/errors.js';
 
 export interface RunOptions {
@@ -42,6 +42,14 @@ export interface RunResult {
 export type Runner = (cmd: string, args: readonly string[], opts?: RunOptions) => Promise<RunResult>;
 
 export const DEFAULT_TIMEOUT_MS = 60_000;
+
+/**
+ * execa is loaded on the first spawn, not at start: it and its dependencies
+ * cost the daemon ~12 MB of resident memory (bench/agent), and an idle daemon
+ * that only checks the channel never spawns anything.
+ */
+let execaLoaded: Promise<typeof Execa> | null = null;
+const loadExeca = (): Promise<typeof Execa> => (execaLoaded ??= import('execa').then((m) => m.execa));
 const STDERR_IN_MESSAGE = 2_000;
 
 /**
@@ -54,6 +62,7 @@ export const run: Runner = async (cmd, args, opts = {}) => {
   const ok = opts.okExitCodes ?? [0];
   const shown = [cmd, ...args].join(' ');
   if (opts.signal?.aborted) throw new LiveupError('COMMAND_FAILED', `${shown}: not started, interrupted`, { command: shown, interrupted: true });
+  const execa = await loadExeca();
   const child = execa(cmd, [...args], {
     reject: false,
     timeout: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,

@@ -14,7 +14,7 @@
  * Writers are not serialised here: the agent's transaction lock is the one
  * writer. Two concurrent writers would each replace the whole block (last wins).
  */
-import { copyFile, open, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { dirname } from 'node:path';
 import { LiveupError, isLiveupError } from '../channel/errors.js';
@@ -101,6 +101,41 @@ export function parseEnvList(text: string): Record<string, string> {
   return out;
 }
 
+/**
+ * Reads an environment block the way GRUB's `grub_envblk_iterate` does: after
+ * the header, `name=value` lines where a backslash escapes the next byte
+ * (grub-editenv writes `\\` and backslash-newline), `#` lines and the `#`
+ * padding ignored. Reading is parsed here rather than through `grub-editenv
+ * list` so that a check spawns nothing (and the daemon never loads the
+ * process-spawning code unless it writes); writing still goes through
+ * grub-editenv, whose output GRUB is known to accept. Tested against it.
+ */
+export function parseEnvBlock(block: Buffer): Record<string, string> {
+  const text = block.subarray(HEADER.length).toString('latin1');
+  const out: Record<string, string> = {};
+  let i = 0;
+  while (i < text.length) {
+    if (text[i] === '#' || text[i] === '\n') {
+      const nl = text.indexOf('\n', i);
+      i = nl < 0 ? text.length : nl + 1;
+      continue;
+    }
+    let line = '';
+    let escaped = false;
+    for (; i < text.length; i++) {
+      const c = text[i]!;
+      if (escaped) { line += c; escaped = false; continue; }
+      if (c === '\\') { escaped = true; continue; }
+      if (c === '\n') { i++; break; }
+      line += c;
+    }
+    const eq = line.indexOf('=');
+    // No '=': damage (GRUB checks only the header and size); GRUB skips it too.
+    if (eq > 0) out[line.slice(0, eq)] = Buffer.from(line.slice(eq + 1), 'latin1').toString('utf8');
+  }
+  return out;
+}
+
 export function createGrubEnv(opts: GrubEnvOptions = {}): GrubEnv {
   const bin = opts.editenv ?? 'grub-editenv';
   const runner = opts.runner ?? defaultRun;
@@ -151,7 +186,7 @@ export function createGrubEnv(opts: GrubEnvOptions = {}): GrubEnv {
       // `grub-editenv FILE list` creates a missing FILE: check first, so reading never writes.
       if (!(await exists(file))) throw new LiveupError('NOT_FOUND', `GRUB environment block ${file} does not exist`, { file });
       await checkBlock(file);
-      return parseEnvList(await editenv(file, ['list'], file));
+      return parseEnvBlock(await readFile(file));
     },
     async set(file, vars) {
       const entries = Object.entries(vars);

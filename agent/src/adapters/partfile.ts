@@ -13,9 +13,20 @@ import { LiveupError } from '../channel/errors.js';
 import type { ArtifactRef } from '../channel/schema.js';
 import { ArtifactHasher, HASH_CHUNK, type VerifiedArtifact } from '../channel/verify.js';
 
+/**
+ * Write-back is started every this many bytes, in the background (libuv's
+ * thread pool) while the next bytes arrive: the disk works during the
+ * download instead of all at once in the final fsync, and a large image does
+ * not pile up as dirty page cache. Measured in bench/agent.
+ */
+const WRITEBACK_BYTES = 32 << 20;
+
 export class PartFile {
   private hasher: ArtifactHasher;
   private fh: FileHandle | null;
+  private unsynced = 0;
+  /** The background fdatasync in flight, if any; its failure surfaces in seal(). */
+  private writeback: Promise<{ failed: unknown } | null> | null = null;
   /**
    * Set once the hasher refused data or the final check failed: the content
    * can no longer become valid and must not be resumed from.
@@ -105,12 +116,29 @@ export class PartFile {
       this.poisoned = true;
       throw localError(this.path, e);
     }
+    this.unsynced += chunk.length;
+    if (this.unsynced >= WRITEBACK_BYTES && this.writeback === null) {
+      this.unsynced = 0;
+      const fh = this.handle();
+      // A failure is kept and reported by seal(): the final fsync must not claim success after it.
+      this.writeback = fh.datasync().then(
+        () => { this.writeback = null; return null; },
+        (e: unknown) => ({ failed: e }),
+      );
+    }
+  }
+
+  private async settleWriteback(): Promise<void> {
+    const outcome = await this.writeback;
+    this.writeback = null;
+    if (outcome) throw outcome.failed;
   }
 
   /** fsync, close, and check length + SHA-512: the only way out as a VerifiedArtifact. */
   async seal(): Promise<VerifiedArtifact> {
     const fh = this.handle();
     try {
+      await this.settleWriteback();
       await fh.sync();
     } catch (e) {
       throw localError(this.path, e);
@@ -130,6 +158,8 @@ export class PartFile {
   async close(): Promise<void> {
     const fh = this.fh;
     this.fh = null;
+    await this.writeback; // never close a descriptor under a pending fdatasync; its result no longer matters
+    this.writeback = null;
     await fh?.close();
   }
 
