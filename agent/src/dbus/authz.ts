@@ -52,7 +52,8 @@ export function isMember(user: PasswdEntry, group: GroupEntry): boolean {
 /** `getent DB KEY` → the line, null when the key does not exist (exit 2), undefined when getent is missing. */
 function getent(db: 'passwd' | 'group', key: string): Promise<string | null | undefined> {
   // A direct execFile (not the exec adapter): a fixed binary with two literal
-  // arguments, and the auth path should not depend on more than it must.
+  // arguments, and the auth path should not depend on more than it must
+  // (nor load execa into an idle daemon for every mutating call: bench/agent).
   return new Promise((resolve, reject) => {
     execFile('getent', [db, key], { timeout: 5_000 }, (err, stdout) => {
       if (!err) return resolve(stdout.split('\n')[0] ?? null);
