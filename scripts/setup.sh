@@ -15,9 +15,9 @@ fi
 # Debian packages: what the tools and tests run for real.
 PKGS=(squashfs-tools grub-common grub-pc-bin dbus debootstrap kexec-tools
       e2fsprogs dosfstools util-linux iproute2 python3 make g++ curl ca-certificates
-      apt-utils debmirror gpgv xz-utils
+      apt-utils debmirror gpgv xz-utils xorriso mtools grub-efi-amd64-bin
       dpkg-dev binutils lintian zstd)
-[ "${LIVEUP_SETUP_VM:-0}" = 1 ] && PKGS+=(qemu-system-x86 qemu-utils xorriso mtools)
+[ "${LIVEUP_SETUP_VM:-0}" = 1 ] && PKGS+=(qemu-system-x86 qemu-utils ovmf)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

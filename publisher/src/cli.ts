@@ -7,6 +7,7 @@ import {
   EXIT, optInt, optString, parseDuration, requireString, runCli, stringList, type Command,
 } from '../../agent/src/cli/framework.js';
 import { build, DEFAULT_CACHE } from './factory/build.js';
+import { writeIso } from './iso.js';
 import { derive, DEFAULT_REBOOT_PACKAGES } from './factory/derive.js';
 import { generateKey } from './key.js';
 import { publish } from './publish.js';
@@ -162,7 +163,7 @@ const serveCmd: Command = {
 const buildCmd: Command = {
   path: ['build'],
   summary: 'build a generation directory from a profile (debootstrap, apt, squashfs)',
-  usage: '--profile PROFILE.json --out GENDIR [--cache DIR] [--force]',
+  usage: '--profile PROFILE.json --out GENDIR [--iso FILE.iso] [--cache DIR] [--force]',
   description:
     'Runs as root. Steps are printed with their durations. The build happens in GENDIR.tmp-<pid> and is\n' +
     'renamed to GENDIR at the end: a failed or interrupted build unmounts everything and leaves no GENDIR.\n' +
@@ -172,8 +173,10 @@ const buildCmd: Command = {
     out: { type: 'string', description: 'generation directory to write', valueName: 'GENDIR' },
     cache: { type: 'string', description: 'cache for base trees and .deb files', default: DEFAULT_CACHE, valueName: 'DIR' },
     force: { type: 'boolean', description: 'replace GENDIR if it exists (only once the new build is complete)' },
+    iso: { type: 'string', description: 'also write a hybrid BIOS/UEFI ISO booting it (see `liveup iso --help`)', valueName: 'FILE' },
   },
   async run({ values, io, json }) {
+    const isoOut = optString(values, 'iso');
     const r = await build({
       profilePath: requireString(values, 'profile'),
       out: requireString(values, 'out'),
@@ -187,6 +190,44 @@ const buildCmd: Command = {
       io.out(`built ${r.name} into ${r.gendir}: kernel ${r.kernel ?? 'none'}, ${r.packages} packages, squashfs ${(r.squashfsBytes / 1e6).toFixed(1)} MB, ${total.toFixed(0)} s`);
       for (const [p, v] of Object.entries(r.resolved)) io.out(`  ${p} ${v}`);
     }
+    if (isoOut) {
+      const iso = await writeIso({ gendir: r.gendir, out: isoOut, force: values.force === true, log: (l) => io.err(l) });
+      if (json) io.out(JSON.stringify({ ok: true, iso }));
+      else io.out(`wrote ${iso.path}: ${(iso.bytes / 1e6).toFixed(1)} MB, boots with ${iso.firmware.map((f) => f.toUpperCase()).join(' and ')}`);
+    }
+    return EXIT.OK;
+  },
+};
+
+const isoCmd: Command = {
+  path: ['iso'],
+  summary: 'write a hybrid ISO (BIOS and UEFI; CD, DVD or USB stick) that boots a generation',
+  usage: '--gendir GENDIR --out FILE.iso [--version N] [--serial] [--append PARAMS] [--force]',
+  description:
+    'GENDIR is a generation directory (liveup build/derive) or a published one (REPO/generations/<v>/,\n' +
+    'whose manifest gives the version). The image holds live/<version>/ and a GRUB menu rendered like the\n' +
+    'agent\'s; write it to a stick with `dd if=FILE.iso of=/dev/sdX bs=4M conv=fsync`. Needs grub-pc-bin,\n' +
+    'grub-efi-amd64-bin, xorriso and mtools. Written to a temporary name: a failed run leaves no FILE.',
+  options: {
+    gendir: { type: 'string', description: 'generation directory', valueName: 'GENDIR' },
+    out: { type: 'string', description: 'ISO file to write', valueName: 'FILE' },
+    version: { type: 'string', description: 'generation number to boot as [default: the manifest\'s, else 1]', valueName: 'N' },
+    serial: { type: 'boolean', description: 'GRUB and kernel console also on ttyS0 (115200 baud)' },
+    append: { type: 'string', description: 'extra kernel parameters (e.g. toram)', valueName: 'PARAMS' },
+    force: { type: 'boolean', description: 'replace FILE if it exists' },
+  },
+  async run({ values, io, json }) {
+    const r = await writeIso({
+      gendir: requireString(values, 'gendir'),
+      out: requireString(values, 'out'),
+      version: optInt(values, 'version', { min: 1 }),
+      serial: values.serial === true,
+      append: optString(values, 'append'),
+      force: values.force === true,
+      log: (l) => io.err(l),
+    });
+    if (json) io.out(JSON.stringify({ ok: true, ...r }));
+    else io.out(`wrote ${r.path}: generation ${r.version}, ${(r.bytes / 1e6).toFixed(1)} MB, boots with ${r.firmware.map((f) => f.toUpperCase()).join(' and ')} (${r.seconds.toFixed(0)} s)`);
     return EXIT.OK;
   },
 };
@@ -327,7 +368,7 @@ const mirrorSyncCmd: Command = {
   },
 };
 
-export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, publishCmd, verifyCmd, serveCmd, mirrorVerifyCmd, mirrorSyncCmd];
+export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, isoCmd, publishCmd, verifyCmd, serveCmd, mirrorVerifyCmd, mirrorSyncCmd];
 
 export const BLURB = 'liveup: build, sign and publish generations of live Debian systems.';
 
