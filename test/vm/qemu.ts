@@ -13,14 +13,20 @@ export interface Vm {
 }
 
 /** `allowReboot`: a guest reboot goes through SeaBIOS and GRUB again (default: QEMU exits, -no-reboot). */
-export function bootVm(opts: { image: string; consoleLog: string; memMiB?: number; allowReboot?: boolean }): Vm {
+/**
+ * `image`: a raw disk (virtio); `cdrom`: an ISO on the IDE CD drive; `uefi`:
+ * OVMF instead of SeaBIOS (Debian's ovmf package).
+ */
+export function bootVm(opts: { image?: string; cdrom?: string; uefi?: boolean; consoleLog: string; memMiB?: number; allowReboot?: boolean }): Vm {
   writeFileSync(opts.consoleLog, '');
   // flock holds the lock for QEMU's lifetime; -no-reboot makes a guest reboot end QEMU.
   const child: ChildProcess = spawn('flock', [
     // --no-fork: flock execs QEMU holding the lock, so stopping QEMU releases it (a forked flock would leave QEMU running).
     '--no-fork', '/var/lock/liveup-qemu.lock', 'qemu-system-x86_64',
     '-accel', 'tcg', '-cpu', 'qemu64', '-smp', '1', '-m', String(opts.memMiB ?? 2048),
-    '-drive', `file=${opts.image},format=raw,if=virtio`,
+    ...(opts.image ? ['-drive', `file=${opts.image},format=raw,if=virtio`] : []),
+    ...(opts.cdrom ? ['-cdrom', opts.cdrom] : []),
+    ...(opts.uefi ? ['-bios', '/usr/share/ovmf/OVMF.fd'] : []),
     '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-nic', 'none',
     ...(opts.allowReboot ? [] : ['-no-reboot']),
   ], { stdio: ['pipe', 'pipe', 'pipe'] });
