@@ -169,7 +169,7 @@ const buildCmd: Command = {
     'renamed to GENDIR at the end: a failed or interrupted build unmounts everything and leaves no GENDIR.\n' +
     'The profile format is described in docs/factory.md (example: profiles/example.json).',
   options: {
-    profile: { type: 'string', description: 'build profile (JSON)', valueName: 'PROFILE' },
+    profile: { type: 'string', description: 'build profile (JSON, or YAML when named *.yaml)', valueName: 'PROFILE' },
     out: { type: 'string', description: 'generation directory to write', valueName: 'GENDIR' },
     cache: { type: 'string', description: 'cache for base trees and .deb files', default: DEFAULT_CACHE, valueName: 'DIR' },
     force: { type: 'boolean', description: 'replace GENDIR if it exists (only once the new build is complete)' },

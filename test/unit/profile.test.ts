@@ -41,6 +41,22 @@ describe('parseProfile', () => {
     expect(p.packages[1]!.constraint).toEqual({ op: '>=', version: '8.0' });
   });
 
+  it('reads the YAML example as the same profile as the JSON one', async () => {
+    const json = join(ROOT, 'profiles/example.json');
+    const yaml = join(ROOT, 'profiles/example.yaml');
+    expect(parseProfile(await readFile(yaml, 'utf8'), yaml)).toEqual(parseProfile(await readFile(json, 'utf8'), json));
+  });
+
+  it('YAML errors name the line, the key, or the quoting trap', () => {
+    const y = (text: string) => () => parseProfile(text, 'p.yaml', '/profiles');
+    expect(y('format: 1\nname: [unclosed\n')).toThrow(/p\.yaml: not valid YAML at line \d+/);
+    expect(y('format: 1\nname: a\nname: b\nversion: "1"\n')).toThrow(/not valid YAML.*(unique|duplicate)/i);
+    expect(y('format: 1\nname: kiosk\nversion: 2026.10\n')).toThrow(/version: 2026\.10 is a number in YAML; quote it \(version: "2026\.10"\)/);
+    expect(y('format: 1\nname: kiosk\nversion: "1"\npackges: [less]\n')).toThrow(expect.objectContaining({ code: 'PROFILE_INVALID', message: expect.stringMatching(/packges/) }));
+    // YAML 1.2 core: `no` is a string, so a boolean field refuses it instead of reading false.
+    expect(y('format: 1\nname: kiosk\nversion: "1"\nfactory: no\n')).toThrow(/factory/);
+  });
+
   it('parses package specs: bare, pinned, floating', () => {
     expect(parsePackageSpec('less')).toEqual({ name: 'less', text: 'less' });
     expect(parsePackageSpec('openssl=3.5.4-1')?.constraint).toEqual({ op: '=', version: '3.5.4-1' });

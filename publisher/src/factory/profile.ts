@@ -1,5 +1,5 @@
 /**
- * Build profiles: the versioned JSON file `liveup build --profile` reads.
+ * Build profiles: the versioned JSON or YAML file `liveup build --profile` reads.
  * Every field is checked with the shared strict Reader, so a typo is an error
  * naming the key (PROFILE_INVALID), never a silently ignored setting.
  * The format is documented field by field in docs/factory.md.
@@ -10,6 +10,7 @@ import { dirname, isAbsolute, posix, resolve } from 'node:path';
 import { Reader, join, parseJson } from '../../../agent/src/util/validate.js';
 import { ARCH_RE } from '../../../agent/src/channel/schema.js';
 import { LiveupError } from '../../../agent/src/channel/errors.js';
+import { isScalar, parseDocument } from 'yaml';
 
 export const PROFILE_FORMAT = 1;
 export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
@@ -101,10 +102,43 @@ export function basePackages(machine: MachineType): string[] {
   return [...booted, 'firmware-linux-free', 'intel-microcode', 'amd64-microcode'];
 }
 
-/** Parse profile text. `file` names the source in errors; `baseDir` resolves relative paths. */
+export const isYamlFile = (file: string): boolean => /\.ya?ml$/i.test(file);
+
+/**
+ * YAML 1.2 core schema (no `yes`/`no` booleans, no sexagesimal numbers),
+ * duplicate keys refused, aliases capped. One trap remains: an unquoted
+ * `version: 2026.1` is a number, so the error for a numeric name or version
+ * says to quote it rather than silently turning 2026.10 into "2026.1".
+ */
+function parseYamlProfile(text: string, file: string): unknown {
+  const doc = parseDocument(text, { schema: 'core', uniqueKeys: true, prettyErrors: true });
+  const err = doc.errors[0];
+  if (err) {
+    const where = err.linePos ? ` at line ${err.linePos[0].line}, column ${err.linePos[0].col}` : '';
+    const msg = (err.message.split('\n')[0] ?? '').replace(/ at line \d+, column \d+:?$/, '');
+    throw new LiveupError('PROFILE_INVALID', `${file}: not valid YAML${where} (${msg})`, { file });
+  }
+  for (const key of ['name', 'version'] as const) {
+    const node = doc.get(key, true);
+    if (isScalar(node) && typeof node.value === 'number') {
+      const written = node.range ? text.slice(node.range[0], node.range[1]) : String(node.value);
+      throw new LiveupError('PROFILE_INVALID', `${file}: ${key}: ${written} is a number in YAML; quote it (${key}: "${written}")`, { file, key });
+    }
+  }
+  try {
+    return doc.toJS({ maxAliasCount: 100 });
+  } catch (e) {
+    throw new LiveupError('PROFILE_INVALID', `${file}: ${(e as Error).message}`, { file });
+  }
+}
+
+/**
+ * Parse profile text: YAML when `file` ends in .yaml/.yml, JSON otherwise.
+ * `file` names the source in errors; `baseDir` resolves relative paths.
+ */
 export function parseProfile(text: string, file: string, baseDir: string = dirname(resolve(file))): Profile {
   const r: Reader = new Reader(file, 'PROFILE_INVALID');
-  const o = r.object(parseJson(text, file, 'PROFILE_INVALID'), '', [
+  const o = r.object(isYamlFile(file) ? parseYamlProfile(text, file) : parseJson(text, file, 'PROFILE_INVALID'), '', [
     'format', 'name', 'version', 'suite', 'architecture', 'sources', 'insecureNoCheckGpg', 'machine',
     'packages', 'debs', 'persistent', 'hooks', 'compression', 'factory', 'description',
   ]);
