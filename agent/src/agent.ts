@@ -7,7 +7,7 @@
  * at any point is visible and reconciled at the next start.
  */
 import { mkdir, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fetchVerifiedIndex, fetchVerifiedManifest } from './channel/client.js';
 import { LiveupError, toLiveupError, type ErrorCode } from './channel/errors.js';
 import { artifactPath } from './channel/layout.js';
@@ -29,6 +29,14 @@ import {
   type GcResult, type GenerationInfo, type HistoryEntry, type HistoryKind, type RollbackOptions, type UpdateOptions, type UpdateResult,
 } from './dbus/api.js';
 import type { Logger } from './util/log.js';
+import { decide, type Decision, type PendingGeneration } from './core/decide.js';
+import { windowState } from './core/window.js';
+import type { RebootStrategy } from './config.js';
+import { liveApply, needsReboot, recoverInterruptedApply, runningVersion } from './liveapply.js';
+import { createDpkg } from './adapters/dpkg.js';
+import { scanProcesses } from './adapters/procs.js';
+import { createSystemd } from './adapters/systemd.js';
+import * as hostFacts from './adapters/host.js';
 import { writeFileAtomic, ensureDir } from './util/fsatomic.js';
 
 export interface AgentDeps {
@@ -41,7 +49,26 @@ export interface AgentDeps {
   /** When the scheduler runs next, for `status`. */
   readonly nextCheck?: () => Date | null;
   readonly now?: () => Date;
+  /** Facts the decision engine weighs (default: this host's, adapters/host.ts). */
+  readonly host?: HostFacts;
 }
+
+export interface HostFacts {
+  bootId(): Promise<string>;
+  kexecUnavailable(): Promise<string | null>;
+  softRebootUnavailable(): Promise<string | null>;
+  sessions(): Promise<hostFacts.Sessions>;
+}
+
+const THIS_HOST: HostFacts = {
+  bootId: () => hostFacts.bootId(),
+  kexecUnavailable: () => hostFacts.kexecUnavailable(),
+  softRebootUnavailable: () => hostFacts.softRebootUnavailable(),
+  sessions: () => hostFacts.sessions(),
+};
+
+/** The unit the daemon runs as: never restarted in the middle of its own transaction. */
+const SELF_UNIT = 'liveup-agent.service';
 
 interface Target {
   readonly source: RepoSource;
@@ -75,6 +102,8 @@ export class Agent implements AgentApi {
   #lastCheck: AgentStatus['lastCheck'] = null;
   #pending: number | null = null;
   #transaction: AgentStatus['transaction'] = null;
+  #bootId = 'unknown';
+  #decision: (Decision & { at: string }) | null = null;
   readonly #journal: Journal;
   readonly #grubenv: GrubEnv;
   readonly #log: Logger;
@@ -128,6 +157,21 @@ export class Agent implements AgentApi {
     if (removed.length) this.#journal.event({ kind: 'reconciled', message: `removed half-staged ${removed.join(', ')}` });
     this.#booted = await this.deps.bootedVersion();
     if (this.#booted !== null) await this.#recordBoot(this.#booted);
+    this.#bootId = await this.#host.bootId();
+    await recoverInterruptedApply({ dpkg: this.#dpkg(), journal: this.#journal, log: this.#log, bootId: this.#bootId });
+  }
+
+  get #host(): HostFacts {
+    return this.deps.host ?? THIS_HOST;
+  }
+
+  #dpkg() {
+    return createDpkg({ root: this.#config.liveRoot });
+  }
+
+  /** The generation this boot runs: booted, or converged to by a live replay since. */
+  #running(): number | null {
+    return runningVersion(this.#journal, this.#booted, this.#bootId);
   }
 
   /** The running generation in the journal: known (from its staged manifest) and marked booted. */
@@ -332,17 +376,31 @@ export class Agent implements AgentApi {
     try {
       if (!how.scheduled) this.#journal.setSetting('rollback-hold', null);
       const { target, reason } = await this.#checkChannel({ honourHold: how.scheduled === true, ...(how.version !== undefined ? { version: how.version } : {}) });
-      if (!target) {
+      const staged = target ? await this.#fetchAndStage(target) : null;
+      // Live replay: asked for, or the policy when a scheduled run found work.
+      const live = opts.applyLive || (how.scheduled === true && this.#config.rebootStrategy === 'live');
+      const next = this.#stagedNext();
+      if (next !== null && (this.#running() === null || next > this.#running()!)) {
+        // Only a live replay depends on the decision; otherwise it is for `status`, and its failure must not fail the update.
+        const decided = await this.#decide(opts.applyLive ? 'live' : undefined, target?.manifest).catch((e: unknown) => {
+          if (live) throw e;
+          this.#log.warn({ err: toLiveupError(e).message }, 'decision failed');
+          return null;
+        });
+        if (decided && live && decided.decision.action === 'live-apply') return await this.#applyLive(decided.chain);
+        if (decided && opts.applyLive) {
+          throw new LiveupError('LIVE_APPLY_REFUSED', `no live replay to ${decided.decision.target}: ${decided.decision.reason}`, { version: decided.decision.target ?? 0 });
+        }
+      }
+      if (staged === null) {
         this.#setState(this.#stagedNext() ? 'staged' : 'idle');
         return { version: null, outcome: 'up-to-date', message: reason };
       }
-      const staged = await this.#fetchAndStage(target);
       this.#setState('staged');
       return {
         version: staged,
         outcome: 'staged',
-        message: `generation ${staged} is staged and will be tried at the next boot (fallback: ${(await this.#defaultVersion()) ?? 'none'})` +
-          (opts.applyLive ? '; live apply is not available yet, reboot to switch' : ''),
+        message: `generation ${staged} is staged and will be tried at the next boot (fallback: ${(await this.#defaultVersion()) ?? 'none'})`,
       };
     } catch (e) {
       const err = toLiveupError(e);
@@ -409,6 +467,131 @@ export class Agent implements AgentApi {
     await this.#writeMenu(v);
     await this.#collect(v);
     return v;
+  }
+
+  // ---------------------------------------------------------------- decide and apply live
+
+  /** A staged generation's manifest, read from the medium and verified again (never trusted from disk). */
+  async #stagedManifest(version: number): Promise<VerifiedManifest> {
+    const dir = join(this.#config.bootDir, 'live', String(version));
+    const bytes = await readFile(join(dir, 'manifest.json'));
+    const sig = await readFile(join(dir, 'manifest.json.sig')).catch(() => null);
+    return verifyManifest(bytes, sig, {
+      keyring: await this.#trust(), threshold: this.#config.threshold, now: this.#now(),
+      channel: this.#config.channel, architecture: this.#config.architecture, minVersion: 0, source: dir,
+    });
+  }
+
+  /**
+   * The manifests from the running generation to `target`, oldest first: a
+   * parent between them that is not on the medium is fetched (verified) from
+   * the channel, so N → N+1 → N+2 replays even though only N+2 was staged.
+   * Stops where the parents do not lead back to the running generation.
+   */
+  async #replayChain(target: VerifiedManifest): Promise<VerifiedManifest[]> {
+    const running = this.#running();
+    const chain = [target];
+    let channel: { index: VerifiedIndex; source: RepoSource } | null = null;
+    for (let p = target.manifest.parent; running !== null && p !== null && p > running; p = chain[0]!.manifest.parent) {
+      const parent: number = p;
+      if ((await listStaged(this.#config.bootDir)).includes(parent)) {
+        chain.unshift(await this.#stagedManifest(parent));
+        continue;
+      }
+      channel ??= await this.#verifiedIndex(this.#now());
+      const entry = channel.index.index.generations.find((g) => g.version === parent);
+      if (!entry) break;
+      chain.unshift(await fetchVerifiedManifest(channel.source, entry, {
+        keyring: await this.#trust(), threshold: this.#config.threshold, now: this.#now(),
+        channel: this.#config.channel, architecture: this.#config.architecture, minVersion: 0,
+      }));
+    }
+    return chain;
+  }
+
+  /**
+   * Run the decision engine on the newest staged generation (or `target`) and
+   * journal the decision when it changes; `agentctl status` shows the last one.
+   */
+  async #decide(policy?: RebootStrategy, target?: VerifiedManifest): Promise<{ decision: Decision; chain: VerifiedManifest[] }> {
+    const now = this.#now();
+    const running = this.#running();
+    const tv = target?.manifest.version ?? this.#stagedNext();
+    let chain: VerifiedManifest[] = [];
+    if (tv !== null && (running === null || tv > running)) {
+      const t = target ?? (await this.#stagedManifest(tv));
+      chain = await this.#replayChain(t).catch((e: unknown) => {
+        this.#log.warn({ err: toLiveupError(e).message }, 'could not resolve the replay chain');
+        return [t];
+      });
+    }
+    const pending: PendingGeneration[] = chain.map((vm) => ({
+      version: vm.manifest.version, parent: vm.manifest.parent, changes: vm.manifest.changes.length,
+      kernelVersion: vm.manifest.kernel.version, rebootReasons: vm.manifest.rebootRequired.reasons,
+    }));
+    const host = this.#host;
+    const disruptive = pending.length > 0;
+    const [sessions, kexecUnavailable, softRebootUnavailable] = disruptive
+      ? await Promise.all([host.sessions(), host.kexecUnavailable(), host.softRebootUnavailable()])
+      : [{ users: [], inhibitors: [] }, null, null];
+    const runningKernel = running === null ? null : this.#journal.getGeneration(running)?.kernelVersion ?? 'unknown';
+    const decision = decide({
+      running: running === null ? null : { version: running, kernelVersion: runningKernel ?? 'unknown' },
+      pending, policy: policy ?? this.#config.rebootStrategy,
+      window: windowState(this.#config.maintenanceWindows, now, this.#config.timeZone), now,
+      users: sessions.users, inhibitors: sessions.inhibitors, kexecUnavailable, softRebootUnavailable, fleetLock: 'none',
+    });
+    if (this.#decision?.action !== decision.action || this.#decision.reason !== decision.reason) {
+      this.#journal.event({
+        kind: 'decision', version: decision.target, message: `${decision.action}: ${decision.reason}`,
+        details: { action: decision.action, ...(decision.until ? { until: decision.until.toISOString() } : {}), ...(decision.then ? { then: decision.then } : {}) },
+      });
+    }
+    this.#decision = { ...decision, at: now.toISOString() };
+    return { decision, chain };
+  }
+
+  async #applyLive(chain: readonly VerifiedManifest[]): Promise<UpdateResult> {
+    this.#setState('applying');
+    const onMachine = this.#config.liveRoot === '/';
+    const credentials = await this.#credentials();
+    const f = this.#config.fetch;
+    const r = await liveApply(this.#running(), chain, {
+      dpkg: this.#dpkg(),
+      journal: this.#journal,
+      fetchDeb: async (v, ref) => {
+        const dest = join(this.#paths.downloads, String(v), ref.path);
+        await ensureDir(dirname(dest));
+        return fetchArtifact({
+          mirrors: this.#config.mirrors, rel: artifactPath(v, ref.path), ref, dest,
+          ...(credentials ? { credentials } : {}),
+          deadlineMs: f.deadlineSeconds * 1000, minBytesPerSecond: f.minBytesPerSecond, retries: f.retries, backoffMs: f.backoffSeconds * 1000,
+        });
+      },
+      packageList: async (v) => {
+        const text = await readFile(join(this.#config.bootDir, 'live', String(v), 'packages.json'), 'utf8').catch(() => null);
+        return text === null ? null : (JSON.parse(text) as { packages: Record<string, string> }).packages;
+      },
+      // A root other than / has no processes of its own to renew.
+      processes: () => (onMachine ? scanProcesses() : Promise.resolve([])),
+      systemd: onMachine ? createSystemd('system') : null,
+      selfUnit: SELF_UNIT,
+      bootId: this.#bootId,
+      log: this.#log,
+      onProgress: (step, done, total) => this.events.emitProgress({ step, done, total }),
+    });
+    for (const vm of chain) await rm(join(this.#paths.downloads, String(vm.manifest.version), 'debs'), { recursive: true, force: true });
+    this.#decision = null;
+    this.#setState('staged');
+    const extra = [
+      r.restarted.length ? `restarted ${r.restarted.map((x) => `${x.unit} (${x.result})`).join(', ')}` : 'no service needed a restart',
+      ...(r.needsReboot.length ? [`a reboot is still needed for: ${r.needsReboot.join('; ')}`] : []),
+    ];
+    return {
+      version: r.version,
+      outcome: 'applied-live',
+      message: `generation ${r.version} applied live (${r.chain.join(' → ')}: ${r.installed} installed or upgraded, ${r.removed} removed); ${extra.join('; ')}; its image boots next`,
+    };
   }
 
   // ---------------------------------------------------------------- boot menu
@@ -585,10 +768,22 @@ export class Agent implements AgentApi {
       channel: this.#config.channel,
       lastCheck: this.#lastCheck,
       nextCheck: this.deps.nextCheck?.()?.toISOString() ?? null,
-      decision: this.#stagedNext() ? 'stage-only' : null,
-      reason: this.#stagedNext() ? `generation ${this.#stagedNext()} is staged: it is tried at the next boot` : null,
+      ...this.#decisionStatus(),
+      runningVersion: this.#running(),
+      needsReboot: needsReboot(this.#journal, this.#bootId),
       transaction: this.#transaction,
     };
+  }
+
+  #decisionStatus(): Pick<AgentStatus, 'decision' | 'reason' | 'decisionUntil'> {
+    const d = this.#decision;
+    if (d && d.target !== null && d.target === this.#stagedNext()) {
+      return { decision: d.then ? `${d.action} (then ${d.then})` : d.action, reason: d.reason, decisionUntil: d.until?.toISOString() ?? null };
+    }
+    const next = this.#stagedNext();
+    return next !== null && next > (this.#running() ?? 0)
+      ? { decision: 'stage-only', reason: `generation ${next} is staged: it is tried at the next boot`, decisionUntil: null }
+      : { decision: null, reason: null, decisionUntil: null };
   }
 
   async listGenerations(): Promise<GenerationInfo[]> {

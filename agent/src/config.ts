@@ -113,6 +113,11 @@ export interface AgentConfig {
   readonly dbus: DbusTarget;
   /** grub-editenv binary, a name looked up in PATH or an absolute path (default `grub-editenv`). */
   readonly grubEditenv: string;
+  /**
+   * The system a live replay changes (default `/`). Another path (tests) is a
+   * root dpkg works on with --root; no process runs from it, so nothing is restarted.
+   */
+  readonly liveRoot: string;
 }
 
 export interface ConfigLocation {
@@ -131,7 +136,7 @@ export interface LoadedConfig {
 const TOP_KEYS = [
   'channel', 'mirrors', 'credentials', 'keyring', 'threshold', 'architecture', 'schedule', 'jitterSeconds',
   'maintenanceWindows', 'timeZone', 'rebootStrategy', 'keep', 'bootDir', 'stateDir', 'inboxDir',
-  'freeSpaceReserveMB', 'fetch', 'dbus', 'grubEditenv',
+  'freeSpaceReserveMB', 'fetch', 'dbus', 'grubEditenv', 'liveRoot',
 ] as const;
 
 const DEFAULT_SCHEDULE = '0 */4 * * *';
@@ -353,6 +358,7 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
     rebootStrategy: o.rebootStrategy === undefined ? 'live' : r.oneOf(o, 'rebootStrategy', '', REBOOT_STRATEGIES),
     keep: int('keep', 3, 2, 100),
     bootDir: optAbsPath(o, 'bootDir', '') ?? '/run/liveup/boot',
+    liveRoot: optAbsPath(o, 'liveRoot', '') ?? '/',
     stateDir,
     inboxDir: optAbsPath(o, 'inboxDir', '') ?? joinPath(stateDir, 'inbox'),
     freeSpaceReserveMB: int('freeSpaceReserveMB', 64, 0),

@@ -27,7 +27,7 @@ export type GenerationState = (typeof GENERATION_STATES)[number];
 export const STEP_KINDS = ['check', 'fetch', 'stage', 'menu-write', 'live-replay', 'kexec', 'reboot', 'rollback', 'gc', 'boot-check', 'report'] as const;
 export type StepKind = (typeof STEP_KINDS)[number];
 /** Instantaneous events, recorded with `event`. */
-export const POINT_KINDS = ['state-changed', 'pinned', 'unpinned', 'floor-reset', 'gc-removed', 'config-reloaded', 'reconciled', 'error'] as const;
+export const POINT_KINDS = ['state-changed', 'pinned', 'unpinned', 'floor-reset', 'gc-removed', 'config-reloaded', 'reconciled', 'decision', 'error'] as const;
 export type PointKind = (typeof POINT_KINDS)[number];
 export type EventKind = StepKind | PointKind;
 export type EventStatus = 'started' | 'ok' | 'failed';

@@ -45,6 +45,10 @@ export const ERROR_CODES = [
   'COMMAND_FAILED',
   /** grubenv is not a 1024-byte GRUB environment block; recreate it (`create`). */
   'BOOT_ENV_INVALID',
+  /** A live replay cannot start (wrong parent, drift, a failed simulation): nothing was changed. */
+  'LIVE_APPLY_REFUSED',
+  /** A live replay failed after changing the system: it needs a reboot into the target. */
+  'LIVE_APPLY_FAILED',
   'INTERNAL',
 ] as const;
 

@@ -58,6 +58,15 @@ export interface AgentStatus {
    */
   decision: string | null;
   reason: string | null;
+  /** A `wait` decision: until when (then the agent decides again). */
+  decisionUntil?: Timestamp | null;
+  /**
+   * The generation the running system is: the booted one, or a newer one a
+   * live replay converged to during this boot.
+   */
+  runningVersion?: number | null;
+  /** Set after a failed or interrupted live replay in this boot: reboot into `version`. */
+  needsReboot?: { version: number; reason: string } | null;
   /** Set while a transaction runs: which one and since when. */
   transaction: { kind: string; since: Timestamp } | null;
 }

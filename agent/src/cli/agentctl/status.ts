@@ -31,7 +31,9 @@ export function formatStatus(s: AgentStatus, gens: readonly GenerationInfo[]): s
   const lc = s.lastCheck;
   lines.push(`Last check:  ${lc ? `${formatTime(lc.at)}: ${lc.result}${lc.errorCode ? ` (${lc.errorCode}${lc.message ? `: ${lc.message}` : ''})` : ''}` : 'never'}`);
   lines.push(`Next check:  ${s.nextCheck ? formatTime(s.nextCheck) : 'not scheduled'}`);
-  if (s.decision) lines.push(`Decision:    ${s.decision}${s.reason ? `: ${s.reason}` : ''}`);
+  if (s.runningVersion != null && s.runningVersion !== s.bootedVersion) lines.push(`Running:     ${s.runningVersion} (applied live in this boot; its image boots next)`);
+  if (s.needsReboot) lines.push(`Needs reboot: into ${s.needsReboot.version}: ${s.needsReboot.reason}`);
+  if (s.decision) lines.push(`Decision:    ${s.decision}${s.reason ? `: ${s.reason}` : ''}${s.decisionUntil ? ` (until ${formatTime(s.decisionUntil)})` : ''}`);
   return lines;
 }
 

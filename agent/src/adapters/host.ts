@@ -1,0 +1,70 @@
+/**
+ * Facts about the running host that the decision engine weighs: this boot's
+ * id, whether kexec and soft-reboot can be used, who is logged in and which
+ * shutdown inhibitor locks are held. Each answers with a reason rather than
+ * failing: a host without logind simply has no sessions, one without
+ * kexec-tools simply cannot kexec.
+ */
+import { access, readFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { join } from 'node:path';
+import dbus from 'dbus-next';
+import { openBus, type BusSpec } from '../dbus/bus.js';
+import { createSystemd } from './systemd.js';
+
+export async function bootId(path = '/proc/sys/kernel/random/boot_id'): Promise<string> {
+  return (await readFile(path, 'utf8').catch(() => 'unknown')).trim();
+}
+
+async function onPath(cmd: string): Promise<boolean> {
+  for (const d of (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
+    if (await access(join(d, cmd), constants.X_OK).then(() => true, () => false)) return true;
+  }
+  return false;
+}
+
+/** null when `kexec -l` can work here, else why not. `sys` is /sys and /proc's parent for tests. */
+export async function kexecUnavailable(sys = { sysfs: '/sys', procfs: '/proc' }): Promise<string | null> {
+  if (!(await onPath('kexec'))) return 'kexec-tools is not installed';
+  const disabled = await readFile(join(sys.procfs, 'sys/kernel/kexec_load_disabled'), 'utf8').catch(() => '0');
+  if (disabled.trim() === '1') return 'kexec is disabled (kernel.kexec_load_disabled=1)';
+  const lockdown = await readFile(join(sys.sysfs, 'kernel/security/lockdown'), 'utf8').catch(() => '');
+  // "none [integrity] confidentiality": unsigned kernels cannot be kexec'ed under lockdown.
+  const mode = /\[(\w+)\]/.exec(lockdown)?.[1];
+  if (mode && mode !== 'none') return `the kernel is locked down (${mode})`;
+  return null;
+}
+
+/** null when systemd can soft-reboot (version 254 or later), else why not. */
+export async function softRebootUnavailable(bus: BusSpec = 'system'): Promise<string | null> {
+  try {
+    const v = await createSystemd(bus).version();
+    return v >= 254 ? null : `systemd ${v} cannot soft-reboot (254 or later needed)`;
+  } catch (e) {
+    return `systemd is not reachable on D-Bus (${(e as Error).message})`;
+  }
+}
+
+export interface Sessions {
+  readonly users: readonly string[];
+  readonly inhibitors: readonly string[];
+}
+
+/** Users with a session and block-mode shutdown inhibitors, from logind; none when logind is absent. */
+export async function sessions(bus: BusSpec = 'system'): Promise<Sessions> {
+  let conn: dbus.MessageBus | null = null;
+  try {
+    conn = await openBus(bus, { timeoutMs: 3_000 });
+    const obj = await conn.getProxyObject('org.freedesktop.login1', '/org/freedesktop/login1');
+    const m = obj.getInterface('org.freedesktop.login1.Manager');
+    const list = (await m.ListSessions!()) as [string, number, string, string, string][];
+    const users = [...new Set(list.map(([, , user]) => user))].sort();
+    const inh = (await m.ListInhibitors!()) as [string, string, string, string, number, number][];
+    const inhibitors = inh.filter(([what, , , mode]) => mode === 'block' && /shutdown/.test(what)).map(([, who, why]) => `${who}: ${why}`);
+    return { users, inhibitors };
+  } catch {
+    return { users: [], inhibitors: [] };
+  } finally {
+    conn?.disconnect();
+  }
+}
