@@ -811,10 +811,11 @@ export class Agent implements AgentApi {
     const kinds: Record<string, HistoryKind> = {
       check: 'check', fetch: 'update', stage: 'update', 'menu-write': 'update', 'live-replay': 'apply', kexec: 'apply', reboot: 'apply',
       rollback: 'rollback', gc: 'gc', 'gc-removed': 'gc', 'boot-check': 'boot', pinned: 'pin', unpinned: 'unpin',
+      decision: 'decision', reconciled: 'recovery',
     };
     return this.#journal
       .history(limit !== null ? { limit } : {})
-      .filter((e) => kinds[e.kind] !== undefined || e.kind === 'error' || e.kind === 'reconciled')
+      .filter((e) => kinds[e.kind] !== undefined || e.kind === 'error')
       .map((e) => ({
         at: e.at,
         kind: kinds[e.kind] ?? 'update',

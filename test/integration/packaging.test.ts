@@ -10,35 +10,15 @@
  * ~20 s. Needs root (chroot, mounts) and, the first time, deb.debian.org.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { ROOT } from '../helpers/cli.js';
+import { MIRROR, PKGTEST_CACHE, baseTarball, removeTree, run, unmountAll } from '../helpers/trixie.js';
 
 const isRoot = process.getuid?.() === 0;
-const CACHE = process.env.LIVEUP_CACHE ?? '/var/cache/liveup';
-const PKGTEST_CACHE = join(CACHE, 'pkgtest');
-const MIRROR = process.env.LIVEUP_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian';
-
-interface Result { code: number | null; stdout: string; stderr: string }
-
-function run(cmd: string, args: string[], opts: { allowFail?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<Result> {
-  return new Promise((ok, fail) => {
-    const child = spawn(cmd, args, { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', fail);
-    child.on('close', (code) => {
-      if (code !== 0 && !opts.allowFail) fail(new Error(`${cmd} ${args.join(' ')} exited ${code}\n${stdout.slice(-3000)}\n${stderr.slice(-3000)}`));
-      else ok({ code, stdout, stderr });
-    });
-  });
-}
 
 const sh = (script: string, opts?: { allowFail?: boolean }) => run('sh', ['-ec', script], opts);
 
@@ -50,27 +30,6 @@ function dependsNames(depends: string): string[] {
 function controlField(control: string, field: string): string {
   const m = new RegExp(`^${field}: (.*)$`, 'm').exec(control);
   return m ? m[1]! : '';
-}
-
-/** Paths mounted at or below `dir`, deepest first. */
-async function mountsUnder(dir: string): Promise<string[]> {
-  const text = await readFile('/proc/self/mounts', 'utf8');
-  return text.split('\n').map((l) => l.split(' ')[1] ?? '').map((p) => p.replace(/\\040/g, ' '))
-    .filter((p) => p === dir || p.startsWith(dir + '/')).sort((a, b) => b.length - a.length);
-}
-
-async function unmountAll(dir: string): Promise<void> {
-  for (const m of await mountsUnder(dir)) {
-    const r = await run('umount', [m], { allowFail: true });
-    if (r.code !== 0) await run('umount', ['-l', m], { allowFail: true });
-  }
-}
-
-/** Never rm -rf a tree that still has /dev, /proc or /sys bound into it. */
-async function removeTree(dir: string): Promise<void> {
-  await unmountAll(dir);
-  if ((await mountsUnder(dir)).length) throw new Error(`${dir} still has mounts; left in place`);
-  await rm(dir, { recursive: true, force: true });
 }
 
 /** Runs `fn` with proc, sys and dev bound into `root`; always unmounts. */
@@ -92,27 +51,6 @@ const inChroot = (root: string, script: string, opts?: { allowFail?: boolean }) 
     ...opts,
     env: { DEBIAN_FRONTEND: 'noninteractive', PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C.UTF-8' },
   });
-
-/** A trixie base tarball: the factory's, else one debootstrap makes (cached). */
-async function baseTarball(): Promise<string> {
-  const factory = join(CACHE, 'factory');
-  if (existsSync(factory)) {
-    const found = readdirSync(factory).filter((f) => /^base-trixie-amd64-.*\.tar\.zst$/.test(f)).sort();
-    if (found.length) return join(factory, found[found.length - 1]!);
-  }
-  const own = join(PKGTEST_CACHE, 'base-trixie-minbase.tar.zst');
-  if (existsSync(own)) return own;
-  await mkdir(PKGTEST_CACHE, { recursive: true });
-  const dir = await mkdtemp(join(PKGTEST_CACHE, '.debootstrap-'));
-  try {
-    await run('debootstrap', ['--variant=minbase', 'trixie', dir, MIRROR]);
-    await run('tar', ['--zstd', '-C', dir, '-cf', `${own}.tmp`, '.']);
-    await rename(`${own}.tmp`, own);
-  } finally {
-    await removeTree(dir);
-  }
-  return own;
-}
 
 /** trixie with `packages` installed (services kept from starting), cached by the list. */
 async function preparedChroot(packages: string[], into: string): Promise<void> {

@@ -129,7 +129,7 @@ export interface GenerationInfo {
   bootedAt: Timestamp | null;
 }
 
-export type HistoryKind = 'check' | 'update' | 'apply' | 'rollback' | 'boot' | 'pin' | 'unpin' | 'gc';
+export type HistoryKind = 'check' | 'update' | 'apply' | 'decision' | 'recovery' | 'rollback' | 'boot' | 'pin' | 'unpin' | 'gc';
 
 export interface HistoryEntry {
   at: Timestamp;

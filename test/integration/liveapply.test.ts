@@ -1,0 +1,284 @@
+/**
+ * Live replay as an administrator meets it: the compiled daemon and
+ * `agentctl update --apply-live`, on a "running system" that is a real
+ * overlay (tmpfs upper) over generation 1's squashfs — a Debian 13 minbase
+ * root — with real dpkg replaying the signed .debs the channel serves.
+ *
+ * The packages are small real .debs built here with dpkg-deb (offline and
+ * deterministic): demo-a 1.0 → 2.0 (upgrade), demo-b (removed), demo-c
+ * (new, depends on demo-a >= 2.0), demo-d (a second generation in the chain),
+ * demo-conflict (conflicts with demo-a), demo-slow (a postinst that sleeps,
+ * to be killed in). Needs root (mounts, dpkg --root).
+ */
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { chmod, cp, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tmp } from '../helpers/tmp.js';
+import { makeKey } from '../helpers/fixtures.js';
+import { startPrivateBus } from '../helpers/dbus.js';
+import { bin, collect } from '../helpers/cli.js';
+import { baseTarball } from '../helpers/trixie.js';
+import { publish } from '../../publisher/src/publish.js';
+import { serve } from '../../publisher/src/serve.js';
+
+const skip = process.getuid?.() !== 0;
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  while (cleanups.length) await Promise.resolve(cleanups.pop()!()).catch(() => undefined);
+});
+
+interface Pkg { name: string; version: string; depends?: string; conflicts?: string; postinst?: string; file: [string, string] }
+
+/** A real .deb, built with dpkg-deb. */
+async function buildDeb(dir: string, p: Pkg): Promise<string> {
+  const root = join(dir, `${p.name}-${p.version}`);
+  await mkdir(join(root, 'DEBIAN'), { recursive: true });
+  await writeFile(join(root, 'DEBIAN', 'control'), [
+    `Package: ${p.name}`, `Version: ${p.version}`, 'Architecture: all', 'Maintainer: liveup tests <tests@liveup.invalid>',
+    ...(p.depends ? [`Depends: ${p.depends}`] : []), ...(p.conflicts ? [`Conflicts: ${p.conflicts}`] : []),
+    `Description: liveup live-replay test package ${p.name}`, '',
+  ].join('\n'));
+  if (p.postinst) {
+    await writeFile(join(root, 'DEBIAN', 'postinst'), `#!/bin/sh\nset -e\n${p.postinst}\n`);
+    await chmod(join(root, 'DEBIAN', 'postinst'), 0o755);
+  }
+  const [path, content] = p.file;
+  await mkdir(join(root, path, '..'), { recursive: true });
+  await writeFile(join(root, path), content, { mode: 0o755 });
+  const out = join(dir, `${p.name}_${p.version}_all.deb`);
+  execFileSync('dpkg-deb', ['--root-owner-group', '-Zxz', '--build', root, out], { stdio: 'ignore' });
+  return out;
+}
+
+const dpkgRoot = (root: string, args: string[]) => execFileSync('dpkg', ['--root', root, '--force-confdef', '--force-confold', ...args], { stdio: 'pipe', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive', PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } }).toString();
+const packageList = (root: string): Record<string, string> => Object.fromEntries(
+  execFileSync('dpkg-query', ['--admindir', join(root, 'var/lib/dpkg'), '-W', '-f', '${Package}\t${Version}\t${db:Status-Abbrev}\n']).toString()
+    .trim().split('\n').map((l) => l.split('\t')).filter((f) => f[2]?.trim() === 'ii').map((f) => [f[0]!.replace(/:.*$/, ''), f[1]!]),
+);
+
+type Change = { action: 'install' | 'upgrade' | 'remove'; package: string; version?: string; from?: string; deb?: string };
+
+/** Squash the tree as generation `version` (parent, recorded changes), with its real package list. */
+async function gendir(dir: string, tree: string, version: number, parent: number | null, changes: Change[]): Promise<string> {
+  const g = join(dir, `gen${version}`);
+  await mkdir(join(g, 'debs'), { recursive: true });
+  execFileSync('mksquashfs', [tree, join(g, 'filesystem.squashfs'), '-noappend', '-quiet', '-no-progress', '-comp', 'zstd', '-Xcompression-level', '1']);
+  await writeFile(join(g, 'vmlinuz'), 'kernel 6.12-test\n');
+  await writeFile(join(g, 'initrd.img'), 'initrd\n');
+  await writeFile(join(g, 'packages.json'), JSON.stringify({ format: 1, packages: packageList(tree) }));
+  const recorded = await Promise.all(changes.map(async (c) => {
+    if (!c.deb) return c;
+    await cp(c.deb, join(g, 'debs', c.deb.split('/').pop()!));
+    return { ...c, deb: `debs/${c.deb.split('/').pop()!}` };
+  }));
+  await writeFile(join(g, 'generation.json'), JSON.stringify({
+    name: `live-${version}`, kernel: { version: '6.12-test', cmdline: 'boot=live' }, parent, changes: recorded,
+    rebootRequired: { required: parent === null, reasons: parent === null ? ['full-image'] : [] },
+  }));
+  return g;
+}
+
+interface LiveMachine {
+  root: string;
+  boot: string;
+  state: string;
+  ctl(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }>;
+  json<T>(args: string[]): Promise<T>;
+  start(): Promise<void>;
+  /** SIGKILL the daemon's whole process group, as systemd kills a unit's cgroup. */
+  kill(): Promise<void>;
+}
+
+/** A machine running generation 1 on an overlay of its squashfs; the channel holds `gens` (published in order). */
+async function machine(dir: string, gens: string[]): Promise<LiveMachine> {
+  const key = await makeKey(join(dir, 'keys'));
+  const repo = join(dir, 'repo');
+  for (const g of gens) await publish({ repo, channel: 'stable', gendir: g, keys: [key.priv], indexTtlMs: 86400e3, manifestTtlMs: 86400e3 });
+  const boot = join(dir, 'boot');
+  await mkdir(join(boot, 'live'), { recursive: true });
+  await cp(join(repo, 'generations', '1'), join(boot, 'live', '1'), { recursive: true });
+  // The running system: generation 1's squashfs under a tmpfs overlay, as live-boot mounts it.
+  const lower = join(dir, 'lower');
+  const rw = join(dir, 'rw');
+  const root = join(dir, 'root');
+  for (const d of [lower, rw, root]) await mkdir(d);
+  execFileSync('mount', ['-t', 'squashfs', '-o', 'loop,ro', join(boot, 'live', '1', 'filesystem.squashfs'), lower]);
+  cleanups.push(() => void execFileSync('umount', ['-l', lower]));
+  execFileSync('mount', ['-t', 'tmpfs', 'liveup-test-rw', rw]);
+  cleanups.push(() => void execFileSync('umount', ['-l', rw]));
+  await mkdir(join(rw, 'upper'));
+  await mkdir(join(rw, 'work'));
+  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${rw}/upper,workdir=${rw}/work`, root]);
+  cleanups.push(() => void execFileSync('umount', ['-l', root]));
+
+  const runDir = join(dir, 'run');
+  await mkdir(runDir);
+  await writeFile(join(runDir, 'booted'), '1\n');
+  const bus = await startPrivateBus();
+  cleanups.push(() => bus.stop());
+  const server = await serve({ root: repo, host: '127.0.0.1', port: 0 });
+  cleanups.push(() => server.close());
+  const state = join(dir, 'state');
+  const configFile = join(dir, 'agent.json');
+  await writeFile(configFile, JSON.stringify({
+    channel: 'stable', mirrors: [server.url], keyring: key.pubPath, architecture: 'amd64', schedule: '0 0 1 1 *', jitterSeconds: 0,
+    bootDir: boot, stateDir: state, dbus: bus.address, liveRoot: root,
+    fetch: { deadlineSeconds: 120, minBytesPerSecond: 0, retries: 1, backoffSeconds: 1 },
+  }));
+  let daemon: ChildProcess | null = null;
+  const m: LiveMachine = {
+    root, boot, state,
+    ctl: (args) => collect(spawn(bin('agentctl'), ['--bus', bus.address, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })),
+    async json<T>(args: string[]) {
+      const r = await m.ctl([...args, '--json']);
+      if (r.code !== 0) throw new Error(`agentctl ${args.join(' ')} failed (${r.code}): ${r.stdout}${r.stderr}`);
+      return JSON.parse(r.stdout) as T;
+    },
+    async start() {
+      // Its own process group: kill() takes dpkg and its maintainer scripts down with it.
+      const d = spawn(bin('liveup-agentd'), ['--config', configFile, '--config-dir', join(dir, 'agent.d'), '--run-dir', runDir], { stdio: 'ignore', detached: true });
+      daemon = d;
+      cleanups.push(() => { if (d.exitCode === null && d.signalCode === null) process.kill(-d.pid!, 'SIGKILL'); });
+      for (let i = 0; i < 200 && (await m.ctl(['status'])).code !== 0; i++) await new Promise((r) => setTimeout(r, 100));
+    },
+    async kill() {
+      const d = daemon!;
+      const closed = new Promise((r) => d.once('close', r));
+      process.kill(-d.pid!, 'SIGKILL');
+      await closed;
+    },
+  };
+  await m.start();
+  return m;
+}
+
+describe.skipIf(skip)('live replay onto a running overlay (real dpkg)', () => {
+  let debs: Record<string, string>;
+  let base: string;
+
+  beforeAll(async () => {
+    base = await baseTarball();
+    const dir = join(await import('node:os').then((o) => o.tmpdir()), `liveup-debs-${process.pid}`);
+    await mkdir(dir, { recursive: true });
+    const pkgs: Pkg[] = [
+      { name: 'demo-a', version: '1.0', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 1.0\n'] },
+      { name: 'demo-a', version: '2.0', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 2.0\n'] },
+      { name: 'demo-b', version: '1.0', file: ['usr/share/demo-b/data', 'b\n'] },
+      { name: 'demo-c', version: '1.0', depends: 'demo-a (>= 2.0)', file: ['usr/bin/demo-c', '#!/bin/sh\necho c\n'] },
+      { name: 'demo-d', version: '1.0', file: ['usr/bin/demo-d', '#!/bin/sh\necho d\n'] },
+      { name: 'demo-conflict', version: '1.0', conflicts: 'demo-a', file: ['usr/bin/demo-conflict', '#!/bin/sh\n'] },
+      { name: 'demo-slow', version: '1.0', postinst: 'sleep 4; echo configured > /var/lib/demo-slow', file: ['usr/bin/demo-slow', '#!/bin/sh\n'] },
+    ];
+    debs = {};
+    for (const p of pkgs) debs[`${p.name}_${p.version}`] = await buildDeb(dir, p);
+  }, 300_000);
+
+  /** Generation 1: minbase + demo-a 1.0 + demo-b, as a tree to derive from. */
+  async function tree1(dir: string): Promise<string> {
+    const tree = join(dir, 'tree');
+    await mkdir(tree);
+    execFileSync('tar', ['--zstd', '-xpf', base, '-C', tree]);
+    dpkgRoot(tree, ['-i', debs['demo-a_1.0']!, debs['demo-b_1.0']!]);
+    return tree;
+  }
+
+  it('replays a chain 1 → 2 → 3 without a reboot: upgrade, install, remove, converged, journalled', async () => {
+    const dir = await tmp();
+    const tree = await tree1(dir);
+    const g1 = await gendir(dir, tree, 1, null, []);
+    dpkgRoot(tree, ['-i', debs['demo-a_2.0']!, debs['demo-c_1.0']!]);
+    dpkgRoot(tree, ['--remove', 'demo-b']);
+    const g2 = await gendir(dir, tree, 2, 1, [
+      { action: 'upgrade', package: 'demo-a', from: '1.0', version: '2.0', deb: debs['demo-a_2.0']! },
+      { action: 'install', package: 'demo-c', version: '1.0', deb: debs['demo-c_1.0']! },
+      { action: 'remove', package: 'demo-b', from: '1.0' },
+    ]);
+    dpkgRoot(tree, ['-i', debs['demo-d_1.0']!]);
+    const g3 = await gendir(dir, tree, 3, 2, [{ action: 'install', package: 'demo-d', version: '1.0', deb: debs['demo-d_1.0']! }]);
+    const m = await machine(dir, [g1, g2, g3]);
+    expect(packageList(m.root)).toMatchObject({ 'demo-a': '1.0', 'demo-b': '1.0' });
+
+    const r = await m.json<{ outcome: string; version: number; message: string }>(['update', '--apply-live']);
+    expect(r).toMatchObject({ outcome: 'applied-live', version: 3 });
+    expect(r.message).toMatch(/2 → 3/);
+    // The running system is generation 3's package set, exactly.
+    const want = JSON.parse(readFileSync(join(g3, 'packages.json'), 'utf8')) as { packages: Record<string, string> };
+    expect(packageList(m.root)).toEqual(want.packages);
+    expect(execFileSync('chroot', [m.root, '/usr/bin/demo-a']).toString()).toBe('a 2.0\n');
+    expect(existsSync(join(m.root, 'usr/share/demo-b/data'))).toBe(false);
+    expect(execFileSync('dpkg', ['--root', m.root, '--audit']).toString()).toBe('');
+
+    const s = await m.json<{ bootedVersion: number; runningVersion: number; stagedVersion: number; needsReboot: unknown }>(['status']);
+    expect(s).toMatchObject({ bootedVersion: 1, runningVersion: 3, stagedVersion: 3, needsReboot: null });
+    // Generation 3's image is what boots next, so a reboot yields the same system from a clean image.
+    expect(readFileSync(join(m.boot, 'grub', 'grub.cfg'), 'utf8')).toMatch(/live\/3\/vmlinuz/);
+    const history = await m.json<{ kind: string; status: string; version: number | null; message: string | null }[]>(['history']);
+    expect(history.find((h) => h.kind === 'apply')).toMatchObject({ status: 'succeeded', version: 3 });
+    expect(history.some((h) => h.kind === 'decision' && /live-apply/.test(h.message ?? ''))).toBe(true);
+    // Up to date now: nothing more to replay.
+    const again = await m.json<{ outcome: string }>(['update', '--apply-live']);
+    expect(again.outcome).toBe('up-to-date');
+  }, 300_000);
+
+  it('refuses before any change: a hand-modified system (drift) and a change dpkg would refuse (conflict)', async () => {
+    const dir = await tmp();
+    const tree = await tree1(dir);
+    const g1 = await gendir(dir, tree, 1, null, []);
+    dpkgRoot(tree, ['--remove', 'demo-a']);
+    dpkgRoot(tree, ['-i', debs['demo-conflict_1.0']!]);
+    // Recorded as dpkg would run it on the publisher… but replayed in this order the install comes first and conflicts.
+    const g2 = await gendir(dir, tree, 2, 1, [
+      { action: 'install', package: 'demo-conflict', version: '1.0', deb: debs['demo-conflict_1.0']! },
+      { action: 'remove', package: 'demo-a', from: '1.0' },
+    ]);
+    const m = await machine(dir, [g1, g2]);
+    const before = packageList(m.root);
+
+    dpkgRoot(m.root, ['-i', debs['demo-d_1.0']!]); // someone installed a package by hand
+    const drift = await m.ctl(['update', '--apply-live']);
+    expect(drift.code).not.toBe(0);
+    expect(drift.stderr).toMatch(/LIVE_APPLY_REFUSED: .*nothing was changed.*not in the generation demo-d/);
+    dpkgRoot(m.root, ['--purge', 'demo-d']);
+
+    const conflict = await m.ctl(['update', '--apply-live']);
+    expect(conflict.code).not.toBe(0);
+    expect(conflict.stderr).toMatch(/LIVE_APPLY_REFUSED: .*nothing was changed: simulated install: .*conflicts with demo-a/);
+    expect(packageList(m.root)).toEqual(before);
+    const s = await m.json<{ runningVersion: number; needsReboot: unknown; stagedVersion: number }>(['status']);
+    expect(s).toMatchObject({ runningVersion: 1, needsReboot: null, stagedVersion: 2 });
+  }, 300_000);
+
+  it('kill -9 in the middle: the journal says so, dpkg is repaired at start, the machine needs a reboot into the target', async () => {
+    const dir = await tmp();
+    const tree = await tree1(dir);
+    const g1 = await gendir(dir, tree, 1, null, []);
+    dpkgRoot(tree, ['-i', debs['demo-slow_1.0']!]);
+    const g2 = await gendir(dir, tree, 2, 1, [{ action: 'install', package: 'demo-slow', version: '1.0', deb: debs['demo-slow_1.0']! }]);
+    const m = await machine(dir, [g1, g2]);
+
+    const update = m.ctl(['update', '--apply-live']);
+    // Wait until dpkg runs demo-slow's postinst (it sleeps), then kill the agent's whole unit.
+    for (let i = 0; i < 300; i++) {
+      if (execFileSync('ps', ['-eo', 'args']).toString().includes('sleep 4')) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await m.kill();
+    expect((await update).code).not.toBe(0);
+    expect(execFileSync('dpkg', ['--root', m.root, '--audit']).toString()).toMatch(/demo-slow/);
+
+    await m.start();
+    expect(execFileSync('dpkg', ['--root', m.root, '--audit']).toString()).toBe('');
+    expect(readFileSync(join(m.root, 'var/lib/demo-slow'), 'utf8')).toBe('configured\n');
+    const s = await m.json<{ runningVersion: number; needsReboot: { version: number; reason: string } | null }>(['status']);
+    expect(s.runningVersion).toBe(1); // nothing claims success
+    expect(s.needsReboot).toMatchObject({ version: 2 });
+    expect(s.needsReboot!.reason).toMatch(/interrupted/);
+    const history = await m.json<{ kind: string; status: string; message: string | null }[]>(['history']);
+    expect(history.find((h) => h.kind === 'apply')).toMatchObject({ status: 'failed' });
+    expect(history.some((h) => h.kind === 'recovery' && /live replay to 2 .*was interrupted/.test(h.message ?? ''))).toBe(true);
+    const human = await m.ctl(['status']);
+    expect(human.stdout).toMatch(/Needs reboot: into 2/);
+  }, 300_000);
+});
