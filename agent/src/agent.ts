@@ -37,6 +37,8 @@ import { createDpkg } from './adapters/dpkg.js';
 import { scanProcesses } from './adapters/procs.js';
 import { createSystemd } from './adapters/systemd.js';
 import * as hostFacts from './adapters/host.js';
+import { loadKexec, paramsToKeep } from './adapters/kexec.js';
+import { prepareNextRoot } from './adapters/nextroot.js';
 import { writeFileAtomic, ensureDir } from './util/fsatomic.js';
 
 export interface AgentDeps {
@@ -51,6 +53,14 @@ export interface AgentDeps {
   readonly now?: () => Date;
   /** Facts the decision engine weighs (default: this host's, adapters/host.ts). */
   readonly host?: HostFacts;
+  /** kexec / soft-reboot / reboot (default: this machine's, through systemd). */
+  readonly actions?: SwitchActions;
+  /**
+   * A `wait` decision names when to decide again (a window opens, people may
+   * have logged out): the daemon runs the scheduled update then, instead of
+   * missing a two-hour window between two four-hourly checks.
+   */
+  readonly wakeAt?: (at: Date) => void;
 }
 
 export interface HostFacts {
@@ -59,6 +69,29 @@ export interface HostFacts {
   softRebootUnavailable(): Promise<string | null>;
   sessions(): Promise<hostFacts.Sessions>;
 }
+
+/**
+ * The switches that take the machine down. Real only on a machine
+ * (`liveRoot` = /); the agent refuses them on a test root.
+ */
+export interface SwitchActions {
+  kexec(t: { bootDir: string; version: number; cmdline: string }): Promise<void>;
+  softReboot(t: { squashfs: string; persistent: readonly string[] }): Promise<void>;
+  reboot(): Promise<void>;
+}
+
+const THIS_MACHINE: SwitchActions = {
+  async kexec(t) {
+    const keep = paramsToKeep(await readFile('/proc/cmdline', 'utf8').catch(() => ''));
+    await loadKexec({ ...t, keep });
+    await createSystemd('system').startTarget('kexec.target');
+  },
+  async softReboot(t) {
+    await prepareNextRoot({ squashfs: t.squashfs, persistent: t.persistent });
+    await createSystemd('system').startTarget('soft-reboot.target');
+  },
+  reboot: () => createSystemd('system').startTarget('reboot.target'),
+};
 
 const THIS_HOST: HostFacts = {
   bootId: () => hostFacts.bootId(),
@@ -377,17 +410,19 @@ export class Agent implements AgentApi {
       if (!how.scheduled) this.#journal.setSetting('rollback-hold', null);
       const { target, reason } = await this.#checkChannel({ honourHold: how.scheduled === true, ...(how.version !== undefined ? { version: how.version } : {}) });
       const staged = target ? await this.#fetchAndStage(target) : null;
-      // Live replay: asked for, or the policy when a scheduled run found work.
-      const live = opts.applyLive || (how.scheduled === true && this.#config.rebootStrategy === 'live');
+      // Acting on the decision: a scheduled run follows the policy; `--now` orders it; `--apply-live` asks for a replay only.
+      const act = !opts.downloadOnly && (opts.applyNow === true || how.scheduled === true);
+      const live = !opts.downloadOnly && (opts.applyLive || act);
       const next = this.#stagedNext();
       if (next !== null && (this.#running() === null || next > this.#running()!)) {
-        // Only a live replay depends on the decision; otherwise it is for `status`, and its failure must not fail the update.
-        const decided = await this.#decide(opts.applyLive ? 'live' : undefined, target?.manifest).catch((e: unknown) => {
+        // Only acting depends on the decision; otherwise it is for `status`, and its failure must not fail the update.
+        const decided = await this.#decide(opts.applyLive ? 'live' : undefined, target?.manifest, opts.applyNow === true).catch((e: unknown) => {
           if (live) throw e;
           this.#log.warn({ err: toLiveupError(e).message }, 'decision failed');
           return null;
         });
         if (decided && live && decided.decision.action === 'live-apply') return await this.#applyLive(decided.chain);
+        if (decided && act && !opts.applyLive && ['soft-reboot', 'kexec', 'reboot'].includes(decided.decision.action)) return await this.#switchTo(decided.decision);
         if (decided && opts.applyLive) {
           throw new LiveupError('LIVE_APPLY_REFUSED', `no live replay to ${decided.decision.target}: ${decided.decision.reason}`, { version: decided.decision.target ?? 0 });
         }
@@ -513,7 +548,7 @@ export class Agent implements AgentApi {
    * Run the decision engine on the newest staged generation (or `target`) and
    * journal the decision when it changes; `agentctl status` shows the last one.
    */
-  async #decide(policy?: RebootStrategy, target?: VerifiedManifest): Promise<{ decision: Decision; chain: VerifiedManifest[] }> {
+  async #decide(policy?: RebootStrategy, target?: VerifiedManifest, now_ = false): Promise<{ decision: Decision; chain: VerifiedManifest[] }> {
     const now = this.#now();
     const running = this.#running();
     const tv = target?.manifest.version ?? this.#stagedNext();
@@ -531,14 +566,16 @@ export class Agent implements AgentApi {
     }));
     const host = this.#host;
     const disruptive = pending.length > 0;
-    const [sessions, kexecUnavailable, softRebootUnavailable] = disruptive
+    const [found, kexecUnavailable, softRebootUnavailable] = disruptive
       ? await Promise.all([host.sessions(), host.kexecUnavailable(), host.softRebootUnavailable()])
       : [{ users: [], inhibitors: [] }, null, null];
+    // `agentctl update --now`: the administrator's order overrides the window and the people gates.
+    const sessions = now_ ? { users: [], inhibitors: [] } : found;
     const runningKernel = running === null ? null : this.#journal.getGeneration(running)?.kernelVersion ?? 'unknown';
     const decision = decide({
       running: running === null ? null : { version: running, kernelVersion: runningKernel ?? 'unknown' },
       pending, policy: policy ?? this.#config.rebootStrategy,
-      window: windowState(this.#config.maintenanceWindows, now, this.#config.timeZone), now,
+      window: now_ ? { open: true, nextOpen: null, label: null } : windowState(this.#config.maintenanceWindows, now, this.#config.timeZone), now,
       users: sessions.users, inhibitors: sessions.inhibitors, kexecUnavailable, softRebootUnavailable, fleetLock: 'none',
     });
     if (this.#decision?.action !== decision.action || this.#decision.reason !== decision.reason) {
@@ -548,7 +585,36 @@ export class Agent implements AgentApi {
       });
     }
     this.#decision = { ...decision, at: now.toISOString() };
+    if (decision.action === 'wait' && decision.until) this.deps.wakeAt?.(decision.until);
     return { decision, chain };
+  }
+
+  /**
+   * soft-reboot, kexec or reboot into the decision's target. The target is
+   * already the armed trial in grubenv (staging did that), so if it fails its
+   * boot check the next real boot falls back; the journal step is closed
+   * before the machine goes down, so it is not reported as interrupted.
+   */
+  async #switchTo(d: Decision): Promise<UpdateResult> {
+    const v = d.target!;
+    if (this.#config.liveRoot !== '/') {
+      throw new LiveupError('INVALID_ARGUMENT', `${d.action} into ${v} is carried out only on a machine (liveRoot is ${this.#config.liveRoot})`);
+    }
+    const actions = this.deps.actions ?? THIS_MACHINE;
+    this.#setState('applying');
+    const dir = join(this.#config.bootDir, 'live', String(v));
+    if (d.action === 'kexec') {
+      const cmdline = (await this.#stagedManifest(v)).manifest.kernel.cmdline;
+      await this.#step('kexec', v, () => actions.kexec({ bootDir: this.#config.bootDir, version: v, cmdline }), () => `kexec into ${v}: kernel loaded, kexec.target started (${d.reason})`);
+      return { version: v, outcome: 'kexec-scheduled', message: `switching to generation ${v} with kexec: ${d.reason}` };
+    }
+    if (d.action === 'soft-reboot') {
+      await this.#step('reboot', v, () => actions.softReboot({ squashfs: join(dir, 'filesystem.squashfs'), persistent: [this.#config.stateDir] }),
+        () => `soft-reboot into ${v}: /run/nextroot mounted, soft-reboot.target started (${d.reason})`);
+      return { version: v, outcome: 'reboot-scheduled', message: `switching userspace to generation ${v} (soft-reboot): ${d.reason}` };
+    }
+    await this.#step('reboot', v, () => actions.reboot(), () => `reboot into ${v} started (${d.reason})`);
+    return { version: v, outcome: 'reboot-scheduled', message: `rebooting into generation ${v}: ${d.reason}` };
   }
 
   async #applyLive(chain: readonly VerifiedManifest[]): Promise<UpdateResult> {

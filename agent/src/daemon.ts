@@ -45,6 +45,10 @@ export async function startDaemon(opts: { mainFile: string; dropInDir: string; r
   const journal = Journal.open(join(config.stateDir, 'journal.db'));
   const lock = new TxLock();
   let schedule: Schedule | null = null;
+  // One pending wake-up for a `wait` decision; a later decision replaces it.
+  let wake: NodeJS.Timeout | null = null;
+  const scheduledUpdate = (): Promise<void> =>
+    guarded('scheduled-update', 'scheduler', () => agent.update({ downloadOnly: false, applyLive: false }, { scheduled: true }));
   const agent = new Agent({
     config,
     journal,
@@ -52,6 +56,13 @@ export async function startDaemon(opts: { mainFile: string; dropInDir: string; r
     log,
     bootedVersion: () => readBootedVersion(opts.runDir),
     nextCheck: () => schedule?.nextRun() ?? null,
+    wakeAt: (at) => {
+      if (wake) clearTimeout(wake);
+      // setTimeout's limit is ~24.8 days; a longer wait is re-armed by the next scheduled check.
+      const ms = Math.min(Math.max(at.getTime() - Date.now(), 0) + 1_000, 2 ** 31 - 1);
+      wake = setTimeout(() => { wake = null; void scheduledUpdate(); }, ms);
+      wake.unref();
+    },
   });
   await agent.start();
   log.info({ booted: agent.properties().bootedVersion }, 'agent started');
@@ -84,7 +95,7 @@ export async function startDaemon(opts: { mainFile: string; dropInDir: string; r
   const scheduleFrom = (c = agent.config): Schedule => {
     applyTimeZone(c.timeZone);
     return scheduleChecks(c.schedule, { jitterMs: c.jitterSeconds * 1000 }, () =>
-      guarded('scheduled-update', 'scheduler', () => agent.update({ downloadOnly: true, applyLive: false }, { scheduled: true })));
+      scheduledUpdate());
   };
   schedule = scheduleFrom();
 
@@ -113,6 +124,7 @@ export async function startDaemon(opts: { mainFile: string; dropInDir: string; r
       await configWatcher.close();
       await inbox.close();
       await schedule?.stop();
+      if (wake) clearTimeout(wake);
       await service.close();
       journal.close();
       log.info({}, 'stopped');

@@ -187,7 +187,7 @@ describe('org.liveup.Agent1 over a private bus', () => {
     expect(agent.calls).toEqual([
       ['getStatus'],
       ['check'],
-      ['update', { downloadOnly: false, applyLive: true }],
+      ['update', { downloadOnly: false, applyLive: true, applyNow: false }],
       ['rollback', null, { now: true }],
       ['rollback', 11, { now: false }],
       ['pin', 11],
@@ -464,7 +464,7 @@ process.stdout.write(JSON.stringify(out));
       expect(up.stdout.trim()).toBe('staged generation 14; it boots next time');
       // Not a TTY: plain progress lines on stderr.
       expect(up.stderr).toMatch(/^download .* 100% 100.0 MB\/100.0 MB/m);
-      expect(agent.calls.at(-1)).toEqual(['update', { downloadOnly: true, applyLive: false }]);
+      expect(agent.calls.at(-1)).toEqual(['update', { downloadOnly: true, applyLive: false, applyNow: false }]);
 
       const pin = await agentctl('pin', '12', '--bus', bus.address, '--json');
       expect(JSON.parse(pin.stdout)).toEqual({ ok: true, version: 12, pinned: true });

@@ -125,13 +125,24 @@ function bad(message: string, details: Record<string, string | number | boolean>
  * version-dependent ways: we refuse those rather than guess. Anything else that
  * GRUB's lexer would interpret (`$`, `;`, `{`, `#`…) is single-quoted.
  */
-function cmdlineWords(cmdline: string, version: number): string[] {
-  if (CONTROL_RE.test(cmdline.replace(/[\t\n]/g, ' '))) bad(`generation ${version}: control character in kernel command line`, { version });
+/** kernelParams as GRUB words: quoted where GRUB's lexer would split or expand them. */
+function cmdlineWords(cmdline: string, version: number, liveDir: string): string[] {
   if (/["'\\]/.test(cmdline)) bad(`generation ${version}: quotes and backslashes are not supported in the kernel command line`, { version });
-  return cmdline
-    .split(/\s+/)
-    .filter((w) => w.length > 0 && !OWNED_PARAMS.some((p) => w.startsWith(p)))
-    .map((w) => (BARE_WORD_RE.test(w) ? w : grubQuote(w)));
+  return kernelParams(cmdline, version, liveDir).map((w) => (BARE_WORD_RE.test(w) ? w : grubQuote(w)));
+}
+
+/**
+ * The kernel parameters a generation boots with — the same for its GRUB entry
+ * and for a kexec into it: the manifest's command line (liveup's own
+ * parameters dropped) then `live-media-path` and `liveup.generation`.
+ */
+export function kernelParams(cmdline: string, version: number, liveDir: string = DEFAULT_LIVE_DIR): string[] {
+  if (CONTROL_RE.test(cmdline.replace(/[\t\n]/g, ' '))) bad(`generation ${version}: control character in kernel command line`, { version });
+  return [
+    ...cmdline.split(/\s+/).filter((w) => w.length > 0 && !OWNED_PARAMS.some((p) => w.startsWith(p))),
+    `live-media-path=${liveDir}/${version}`,
+    `liveup.generation=${version}`,
+  ];
 }
 
 function titleFor(g: BootMenuGeneration): string {
@@ -275,7 +286,7 @@ export function renderBootMenu(model: BootMenuModel): RenderedBootMenu {
   for (const [i, g] of gens.entries()) {
     const e = entries[i]!;
     const dir = `${liveDir}/${g.version}`;
-    const words = [...cmdlineWords(g.cmdline, g.version), `live-media-path=${dir}`, `liveup.generation=${g.version}`];
+    const words = cmdlineWords(g.cmdline, g.version, liveDir);
     add(
       `menuentry ${grubQuote(e.title)} --id ${e.id} --class gnu-linux --class os {`,
       `  echo ${grubQuote(`liveup: loading generation ${g.version}`)}`,

@@ -88,6 +88,12 @@ export interface UpdateOptions {
   downloadOnly: boolean;
   /** Replay the package changes on the running system now instead of waiting for policy. */
   applyLive: boolean;
+  /**
+   * Carry out the decision now — live replay, soft-reboot, kexec or reboot —
+   * regardless of the maintenance window, logged-in users and inhibitors:
+   * an administrator's explicit order. Optional for older clients.
+   */
+  applyNow?: boolean;
 }
 
 export interface RollbackOptions {

@@ -154,7 +154,7 @@ export async function connectAgent(opts: { bus: BusSpec; connectTimeoutMs?: numb
   const raw: AgentClient['raw'] = {
     getStatus: () => callJson('GetStatus'),
     check: () => callJson('Check'),
-    update: (o = {}) => callJson('Update', 'a{sv}', [boolVariants({ download_only: o.downloadOnly, apply_live: o.applyLive })]),
+    update: (o = {}) => callJson('Update', 'a{sv}', [boolVariants({ download_only: o.downloadOnly, apply_live: o.applyLive, apply_now: o.applyNow })]),
     rollback: (v, o = {}) => callJson('Rollback', 'ta{sv}', [u64(v ?? 0, 'version'), boolVariants({ now: o.now })]),
     listGenerations: () => callJson('ListGenerations'),
     history: (limit) => {

@@ -165,8 +165,8 @@ class Agent1 extends dbus.interface.Interface {
 
   Update(options: unknown): Promise<string> {
     return this.#core.mutate('Update', this.#caller(), async () => {
-      const o = boolOptions(options, ['download_only', 'apply_live']);
-      const opts: UpdateOptions = { downloadOnly: o.download_only, applyLive: o.apply_live };
+      const o = boolOptions(options, ['download_only', 'apply_live', 'apply_now']);
+      const opts: UpdateOptions = { downloadOnly: o.download_only, applyLive: o.apply_live, applyNow: o.apply_now };
       return JSON.stringify(await this.#core.api.update(opts));
     });
   }
