@@ -220,6 +220,15 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
         expect((await inChroot(root, "stat -c '%a %U %G' /var/lib/liveup /var/lib/liveup/inbox")).stdout).toBe('750 root liveup\n770 root liveup\n');
         expect((await inChroot(root, 'readlink /etc/systemd/system/multi-user.target.wants/liveup-agent.service')).stdout.trim())
           .toBe('/usr/lib/systemd/system/liveup-agent.service');
+        // The writable boot medium and the boot check are enabled with it.
+        expect((await inChroot(root, 'readlink /etc/systemd/system/local-fs.target.wants/liveup-boot-medium.service')).stdout.trim())
+          .toBe('/usr/lib/systemd/system/liveup-boot-medium.service');
+        expect((await inChroot(root, 'readlink /etc/systemd/system/boot-complete.target.requires/liveup-boot-check.service')).stdout.trim())
+          .toBe('/usr/lib/systemd/system/liveup-boot-check.service');
+        for (const u of ['liveup-boot-medium.service', 'liveup-boot-check.service']) {
+          const v = await inChroot(root, `systemd-analyze verify --man=no /usr/lib/systemd/system/${u}`, { allowFail: true });
+          expect(v.code, v.stdout + v.stderr).toBe(0);
+        }
 
         // remove keeps config and state; purge removes both and the enablement.
         await inChroot(root, 'echo journal > /var/lib/liveup/journal.db && dpkg -r liveup-agent');
