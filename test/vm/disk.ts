@@ -84,6 +84,12 @@ export function assembleDisk(o: DiskOptions): void {
       const d = join(mnt, 'live', String(g.version));
       mkdirSync(d, { recursive: true });
       for (const f of ['vmlinuz', 'initrd.img', 'filesystem.squashfs']) copyFileSync(join(g.gendir, f), join(d, f));
+      if (existsSync(join(g.gendir, 'manifest.json.sig'))) {
+        // A published generation (REPO/generations/<v>): the signed manifest and package list, as the agent stages them.
+        for (const f of ['manifest.json', 'manifest.json.sig', 'packages.json']) if (existsSync(join(g.gendir, f))) copyFileSync(join(g.gendir, f), join(d, f));
+        if (g.tamperSquashfs) appendFileSync(join(d, 'filesystem.squashfs'), 'tampered');
+        continue;
+      }
       // A minimal manifest.json: what the initramfs verification reads (the agent stages the signed one).
       const sq = readFileSync(join(g.gendir, 'filesystem.squashfs'));
       const manifest = {

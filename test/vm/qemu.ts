@@ -9,6 +9,11 @@ export interface Vm {
   /** Resolves with the first match of `re` on the console (since boot), or rejects after `timeoutMs`. */
   waitFor(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray>;
   console(): string;
+  /**
+   * Run a shell command on the serial console (a root shell must be there,
+   * with `stty -echo`): resolves with its output and exit code.
+   */
+  sh(cmd: string, timeoutMs?: number): Promise<{ out: string; rc: number }>;
   stop(): Promise<void>;
 }
 
@@ -17,20 +22,27 @@ export interface Vm {
  * `image`: a raw disk (virtio); `cdrom`: an ISO on the IDE CD drive; `uefi`:
  * OVMF instead of SeaBIOS (Debian's ovmf package).
  */
-export function bootVm(opts: { image?: string; cdrom?: string; uefi?: boolean; consoleLog: string; memMiB?: number; allowReboot?: boolean }): Vm {
+export function bootVm(opts: {
+  image?: string; cdrom?: string; uefi?: boolean; consoleLog: string; memMiB?: number; allowReboot?: boolean;
+  /** QEMU user networking (the guest reaches the netns' 127.0.0.1 as 10.0.2.2); QEMU runs inside `netns` when given. */
+  net?: boolean; netns?: string;
+}): Vm {
   writeFileSync(opts.consoleLog, '');
   // flock holds the lock for QEMU's lifetime; -no-reboot makes a guest reboot end QEMU.
-  const child: ChildProcess = spawn('flock', [
+  const child: ChildProcess = spawn(opts.netns ? 'ip' : 'flock', [
+    ...(opts.netns ? ['netns', 'exec', opts.netns, 'flock'] : []),
     // --no-fork: flock execs QEMU holding the lock, so stopping QEMU releases it (a forked flock would leave QEMU running).
     '--no-fork', '/var/lock/liveup-qemu.lock', 'qemu-system-x86_64',
     '-accel', 'tcg', '-cpu', 'qemu64', '-smp', '1', '-m', String(opts.memMiB ?? 2048),
     ...(opts.image ? ['-drive', `file=${opts.image},format=raw,if=virtio`] : []),
     ...(opts.cdrom ? ['-cdrom', opts.cdrom] : []),
     ...(opts.uefi ? ['-bios', '/usr/share/ovmf/OVMF.fd'] : []),
-    '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-nic', 'none',
+    '-display', 'none', '-serial', 'stdio', '-monitor', 'none',
+    ...(opts.net ? ['-nic', 'user,model=virtio-net-pci'] : ['-nic', 'none']),
     ...(opts.allowReboot ? [] : ['-no-reboot']),
   ], { stdio: ['pipe', 'pipe', 'pipe'] });
   let text = '';
+  let commands = 0;
   let exited: string | null = null;
   const waiters = new Set<() => void>();
   const poke = (): void => { for (const w of [...waiters]) w(); };
@@ -56,6 +68,24 @@ export function bootVm(opts: { image?: string; cdrom?: string; uefi?: boolean; c
           if (exited) return done(() => reject(new Error(`${exited} before ${re}; see ${opts.consoleLog}`)));
         };
         const timer = setTimeout(() => done(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${re}; see ${opts.consoleLog}`))), timeoutMs);
+        const done = (f: () => void): void => { clearTimeout(timer); waiters.delete(check); f(); };
+        waiters.add(check);
+        check();
+      });
+    },
+    sh(cmd, timeoutMs = 120_000) {
+      const n = ++commands;
+      const from = text.length;
+      // printf with the tag split in two, so the typed command never matches its own end marker.
+      child.stdin!.write(`printf '@@%s%d\\n' B ${n}; ${cmd}; printf '@@%s%d rc=%d\\n' E ${n} $?\n`);
+      const re = new RegExp(`@@B${n}\\r?\\n([\\s\\S]*?)@@E${n} rc=(\\d+)`);
+      return new Promise((resolve, reject) => {
+        const check = (): void => {
+          const m = re.exec(text.slice(from));
+          if (m) return done(() => resolve({ out: m[1]!.replace(/\r/g, ''), rc: Number(m[2]) }));
+          if (exited) return done(() => reject(new Error(`${exited} while running ${cmd}; see ${opts.consoleLog}`)));
+        };
+        const timer = setTimeout(() => done(() => reject(new Error(`timed out after ${timeoutMs} ms running ${cmd}; see ${opts.consoleLog}`))), timeoutMs);
         const done = (f: () => void): void => { clearTimeout(timer); waiters.delete(check); f(); };
         waiters.add(check);
         check();

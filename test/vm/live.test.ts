@@ -1,0 +1,122 @@
+/**
+ * VM suite (LIVEUP_VM_TESTS=1): the real agent inside a generation built by
+ * `liveup build` (its .deb from packaging/build), a channel served by
+ * `liveup serve` in a network namespace the test creates, QEMU's user
+ * network in the same namespace (the guest reaches it at 10.0.2.2).
+ *
+ * 1. Generation 1 boots; the agent is up with the boot medium writable.
+ * 2. Generation 2 = `liveup derive` of 1 installing `hello`: `agentctl update
+ *    --apply-live` stages it and replays it without a reboot — boot_id
+ *    unchanged, `hello` installed, status says running 2.
+ * 3. A reboot boots generation 2's image from GRUB (the trial), the boot check
+ *    passes, and `hello` is there from the clean image.
+ */
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { buildTestGeneration, MARKER, REPO, VM_CACHE } from './generation.js';
+import { assembleDisk } from './disk.js';
+import { bootVm, type Vm } from './qemu.js';
+
+const RUN = process.env.LIVEUP_VM_TESTS === '1';
+const liveup = join(REPO, 'bin', 'liveup');
+const PORT = 8080;
+
+describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boots', () => {
+  const ns = `liveup-vm-${process.pid}`;
+  let work = '';
+  let image = '';
+  let server: ChildProcess | null = null;
+  let vm: Vm | null = null;
+  let gen1 = '';
+  let gen2 = '';
+  const log = (s: string) => console.log(s);
+
+  beforeAll(() => {
+    // The agent as shipped: packaging/build's .deb (dist/ is built by the test command).
+    const debDir = join(VM_CACHE, 'debs');
+    mkdirSync(debDir, { recursive: true });
+    const deb = execFileSync(join(REPO, 'packaging', 'build'), ['--only', 'agent', '--no-tsc', '--out', debDir], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim().split('\n').pop()!;
+    // One signing key for the cached generations (their keyring is baked in).
+    const keys = join(VM_CACHE, 'keys');
+    if (!existsSync(join(keys, 'vm.pub.asc'))) execFileSync(liveup, ['key', 'generate', '--out', keys, '--name', 'vm'], { stdio: 'inherit' });
+    const built = buildTestGeneration(log, { deb, keyringAsc: join(keys, 'vm.pub.asc'), channelUrl: `http://10.0.2.2:${PORT}/` });
+    gen1 = built.gendir;
+    gen2 = join(VM_CACHE, built.hash, 'gen2-hello');
+    work = join(VM_CACHE, 'runs', `live-${Date.now()}`);
+    mkdirSync(work, { recursive: true });
+    const repo = join(work, 'repo');
+    const publish = (g: string) => execFileSync(liveup, ['publish', '--repo', repo, '--channel', 'stable', '--key', join(keys, 'vm.key.asc'), g], { stdio: 'inherit' });
+    publish(gen1);
+    // Derived from the published generation 1 (so its parent is 1); cached with generation 1.
+    if (!existsSync(join(gen2, 'generation.json'))) {
+      log('deriving generation 2 (+hello)');
+      execFileSync(liveup, ['derive', '--from', repo, '--channel', 'stable', '--keyring', join(keys, 'vm.pub.asc'), '--install', 'hello', '--out', gen2], { stdio: 'inherit', timeout: 15 * 60_000 });
+    }
+    publish(gen2);
+    image = join(work, 'disk.img');
+    const meta = JSON.parse(readFileSync(join(gen1, 'generation.json'), 'utf8')) as { kernel: { version: string; cmdline: string } };
+    assembleDisk({
+      image, sizeMiB: 2048, defaultVersion: 1, log,
+      generations: [{
+        version: 1, gendir: join(repo, 'generations', '1'), name: 'vmtest-agent', kernelVersion: meta.kernel.version, state: 'good',
+        cmdline: `${meta.kernel.cmdline.replace(/\bquiet\b/, '')} console=ttyS0,115200 panic=5`.replace(/\s+/g, ' ').trim(),
+      }],
+    });
+    execFileSync('ip', ['netns', 'add', ns]);
+    execFileSync('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
+    server = spawn('ip', ['netns', 'exec', ns, process.execPath, liveup, 'serve', repo, '--listen', `127.0.0.1:${PORT}`, '--quiet'], { stdio: 'inherit' });
+  }, 40 * 60_000);
+
+  afterAll(async () => {
+    await vm?.stop();
+    server?.kill('SIGTERM');
+    try { execFileSync('ip', ['netns', 'del', ns]); } catch { /* not created */ }
+    if (image) rmSync(image, { force: true }); // console logs stay beside it
+  });
+
+  /** Wait for the autologin shell and make it parseable. */
+  async function shell(v: Vm, since: number): Promise<void> {
+    await v.waitFor(/:~# $|:~# \S*$/m, 120_000).catch(() => undefined);
+    for (let i = 0; i < 5; i++) {
+      const r = await v.sh("stty -echo; bind 'set enable-bracketed-paste off' 2>/dev/null; true", 20_000).catch(() => null);
+      if (r && v.console().length > since) return;
+    }
+    throw new Error('no shell on the serial console');
+  }
+
+  test('live replay without a reboot, then generation 2 boots from its image and passes its boot check', async () => {
+    vm = bootVm({ image, net: true, netns: ns, allowReboot: true, consoleLog: join(work, 'console.log') });
+    expect((await vm.waitFor(new RegExp(`${MARKER} booted=(\\S+)\\s*$`, 'm'), 300_000))[1]).toBe('1');
+    await shell(vm, 0);
+    // The agent runs, and the boot medium is writable where it stages.
+    for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-agent')).out.trim() !== 'active'; i++) await new Promise((r) => setTimeout(r, 2000));
+    expect((await vm.sh('systemctl is-active liveup-agent liveup-boot-medium')).out.trim().split('\n')).toEqual(['active', 'active']);
+    expect((await vm.sh('findmnt -no OPTIONS /run/liveup/boot')).out).toMatch(/^rw/);
+    const bootId = (await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim();
+    expect((await vm.sh('dpkg-query -W hello')).rc).not.toBe(0);
+
+    const upd = await vm.sh('agentctl update --apply-live --json', 900_000);
+    expect(upd.rc, upd.out).toBe(0);
+    const result = JSON.parse(upd.out.trim().split('\n').pop()!) as { outcome: string; version: number; message: string };
+    expect(result).toMatchObject({ outcome: 'applied-live', version: 2 });
+    expect((await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim()).toBe(bootId); // no reboot
+    expect((await vm.sh('hello')).out).toMatch(/Hello, world!/);
+    const status = JSON.parse((await vm.sh('agentctl status --json')).out.trim()) as { bootedVersion: number; runningVersion: number; stagedVersion: number };
+    expect(status).toMatchObject({ bootedVersion: 1, runningVersion: 2, stagedVersion: 2 });
+
+    // Reboot: GRUB tries generation 2's image; its boot check passes.
+    const before = vm.console().length;
+    await vm.sh('systemctl reboot', 10_000).catch(() => undefined);
+    const m = await vm.waitFor(new RegExp(`${MARKER} booted=2\\s*$`, 'm'), 400_000);
+    expect(m).toBeTruthy();
+    await shell(vm, before);
+    expect((await vm.sh('cat /proc/cmdline')).out).toMatch(/liveup\.generation=2/);
+    expect((await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim()).not.toBe(bootId);
+    expect((await vm.sh('hello')).out).toMatch(/Hello, world!/);
+    for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-boot-check')).out.trim() === 'activating'; i++) await new Promise((r) => setTimeout(r, 2000));
+    expect((await vm.sh('systemctl is-active liveup-boot-check')).out.trim()).toBe('active');
+    expect((await vm.sh('grub-editenv /run/liveup/boot/grub/grubenv list')).out).not.toMatch(/liveup_try_version=2/);
+  }, 40 * 60_000);
+});
