@@ -26,9 +26,10 @@ import { gcPlan, lastGoodOf, planUpdate, type CurrentState } from './core/plan.j
 import { chooseRollbackTarget } from './core/rollback.js';
 import {
   AgentEventHub, type AgentApi, type AgentProperties, type AgentStateName, type AgentStatus, type CheckResult,
-  type GcResult, type GenerationInfo, type HistoryEntry, type HistoryKind, type RollbackOptions, type UpdateOptions, type UpdateResult,
+  type GcResult, type GenerationInfo, type ReportResult, type HistoryEntry, type HistoryKind, type RollbackOptions, type UpdateOptions, type UpdateResult,
 } from './dbus/api.js';
 import type { Logger } from './util/log.js';
+import { AGENT_VERSION } from './version.js';
 import { decide, type Decision, type PendingGeneration } from './core/decide.js';
 import { windowState } from './core/window.js';
 import type { RebootStrategy } from './config.js';
@@ -37,6 +38,9 @@ import { createDpkg } from './adapters/dpkg.js';
 import { scanProcesses } from './adapters/procs.js';
 import { createSystemd } from './adapters/systemd.js';
 import * as hostFacts from './adapters/host.js';
+import type { FleetReporter } from './adapters/fleet.js';
+import type { JsonObject } from './adapters/journal.js';
+import { hostname, uptime } from 'node:os';
 import { loadKexec, paramsToKeep } from './adapters/kexec.js';
 import { prepareNextRoot } from './adapters/nextroot.js';
 import { writeFileAtomic, ensureDir } from './util/fsatomic.js';
@@ -61,6 +65,8 @@ export interface AgentDeps {
    * missing a two-hour window between two four-hourly checks.
    */
   readonly wakeAt?: (at: Date) => void;
+  /** The fleet outbox and sender (the daemon makes one); absent, `report` says no endpoint is configured. */
+  readonly reporter?: FleetReporter;
 }
 
 export interface HostFacts {
@@ -601,6 +607,19 @@ export class Agent implements AgentApi {
       throw new LiveupError('INVALID_ARGUMENT', `${d.action} into ${v} is carried out only on a machine (liveRoot is ${this.#config.liveRoot})`);
     }
     const actions = this.deps.actions ?? THIS_MACHINE;
+    // A reboot slot from the fleet first (FleetLock), held until this generation's boot check passes.
+    if (this.#config.fleet && this.deps.reporter) {
+      const machineId = (await readFile(this.#config.fleet.machineIdFile, 'utf8').catch(() => '')).trim();
+      const slot = await this.deps.reporter.preReboot(machineId);
+      if (!slot.granted) {
+        const until = new Date(this.#now().getTime() + 15 * 60_000);
+        this.#decision = { action: 'wait', target: v, then: d.action as 'kexec' | 'reboot' | 'soft-reboot', until, reason: `${d.action} to ${v} waits: ${slot.reason}`, at: this.#now().toISOString() };
+        this.#journal.event({ kind: 'decision', version: v, message: `wait: ${this.#decision.reason}`, details: { action: 'wait', until: until.toISOString() } });
+        this.deps.wakeAt?.(until);
+        return { version: v, outcome: 'staged', message: this.#decision.reason };
+      }
+      this.#journal.setSetting('fleet-lock-held', JSON.stringify({ version: v, machineId }));
+    }
     this.#setState('applying');
     const dir = join(this.#config.bootDir, 'live', String(v));
     if (d.action === 'kexec') {
@@ -850,6 +869,45 @@ export class Agent implements AgentApi {
     return next !== null && next > (this.#running() ?? 0)
       ? { decision: 'stage-only', reason: `generation ${next} is staged: it is tried at the next boot`, decisionUntil: null }
       : { decision: null, reason: null, decisionUntil: null };
+  }
+
+  /**
+   * Give a FleetLock slot back once the generation it was taken for (or any
+   * later one) runs and passed its boot check. Called at start and after checks.
+   */
+  async releaseFleetLock(): Promise<void> {
+    const raw = this.#journal.getSetting('fleet-lock-held');
+    if (!raw || !this.deps.reporter || !this.#config.fleet) return;
+    const held = JSON.parse(raw) as { version: number; machineId: string };
+    const booted = this.#booted === null ? null : this.#journal.getGeneration(this.#booted);
+    if (!booted || booted.state !== 'good' || booted.version < held.version) return;
+    const r = await this.deps.reporter.steadyState(held.machineId);
+    if (r.granted) this.#journal.setSetting('fleet-lock-held', null);
+    else this.#log.warn({ err: r.reason }, 'fleet lock not released yet');
+  }
+
+  /** The fleet report body for now (the outbox adds seq, sending adds sentAt): fleet/src/report.ts. */
+  async reportBody(): Promise<JsonObject> {
+    const s = await this.getStatus();
+    const f = this.#config.fleet;
+    const machineId = f ? (await readFile(f.machineIdFile, 'utf8').catch(() => '')).trim() : '';
+    const booted = s.bootedVersion === null ? null : this.#journal.getGeneration(s.bootedVersion);
+    const lastFailed = this.#journal.history({ limit: 20 }).find((e) => e.status === 'failed');
+    return {
+      format: 1, machineId, hostname: hostname(), channel: s.channel, agentVersion: AGENT_VERSION, state: s.state,
+      bootedVersion: s.bootedVersion, runningVersion: s.runningVersion ?? null, stagedVersion: s.stagedVersion, lastGoodVersion: s.lastGoodVersion,
+      lastResult: s.lastCheck?.result === 'failed' ? (s.lastCheck.errorCode ?? 'failed') : lastFailed?.errorCode ?? 'ok',
+      lastError: s.lastCheck?.result === 'failed' ? (s.lastCheck.message ?? null) : null,
+      health: booted?.state === 'good' ? 'good' : booted?.state === 'failed' ? 'failed' : 'unknown',
+      uptimeSeconds: Math.floor(uptime()), decision: s.decision ? `${s.decision}${s.reason ? `: ${s.reason}` : ''}`.slice(0, 500) : null,
+    };
+  }
+
+  async report(): Promise<ReportResult> {
+    const r = this.deps.reporter;
+    if (!this.#config.fleet || !r) throw new LiveupError('CONFIG_INVALID', 'no fleet endpoint is configured: agentctl enroll URL --token TOKEN');
+    r.queue(await this.reportBody());
+    return r.flush({ all: true });
   }
 
   async listGenerations(): Promise<GenerationInfo[]> {

@@ -59,6 +59,20 @@ export interface MaintenanceWindow {
   readonly end: string;
 }
 
+/** The fleet endpoint this machine reports to (`agentctl enroll` writes it). */
+export interface FleetConfig {
+  /** Base URL of `liveup fleet serve` (https://, or http:// for tests). */
+  readonly url: string;
+  /** File holding the bearer token, readable by root only. */
+  readonly tokenFile: string;
+  /** FleetLock group: at most the endpoint's slots for it reboot at once (default `default`). */
+  readonly group: string;
+  /** A report is queued at least this often, besides every state change (default 60). */
+  readonly reportIntervalMinutes: number;
+  /** Where the machine's id is read (default /etc/machine-id). */
+  readonly machineIdFile: string;
+}
+
 /** Limits of one artifact download; see the fetch adapter. */
 export interface FetchConfig {
   /** Whole-download deadline (default 3600). */
@@ -118,6 +132,8 @@ export interface AgentConfig {
    * root dpkg works on with --root; no process runs from it, so nothing is restarted.
    */
   readonly liveRoot: string;
+  /** Absent: the machine reports nowhere and takes no fleet reboot slot. */
+  readonly fleet?: FleetConfig;
 }
 
 export interface ConfigLocation {
@@ -136,7 +152,7 @@ export interface LoadedConfig {
 const TOP_KEYS = [
   'channel', 'mirrors', 'credentials', 'keyring', 'threshold', 'architecture', 'schedule', 'jitterSeconds',
   'maintenanceWindows', 'timeZone', 'rebootStrategy', 'keep', 'bootDir', 'stateDir', 'inboxDir',
-  'freeSpaceReserveMB', 'fetch', 'dbus', 'grubEditenv', 'liveRoot',
+  'freeSpaceReserveMB', 'fetch', 'dbus', 'grubEditenv', 'liveRoot', 'fleet',
 ] as const;
 
 const DEFAULT_SCHEDULE = '0 */4 * * *';
@@ -341,11 +357,27 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
   }
 
   const credentials = o.credentials === undefined ? undefined : resolveCredentials(r, r.object(o.credentials, 'credentials', CREDENTIAL_KEYS), absPath);
+  let fleet: FleetConfig | undefined;
+  if (o.fleet !== undefined) {
+    const f = r.object(o.fleet, 'fleet', ['url', 'tokenFile', 'group', 'reportIntervalMinutes', 'machineIdFile']);
+    const url = r.string(f, 'url', 'fleet', { max: 2048 });
+    let parsed: URL | null = null;
+    try { parsed = new URL(url); } catch { /* below */ }
+    if (!parsed || !['http:', 'https:'].includes(parsed.protocol)) r.fail('fleet.url', `"${url}" is not an http:// or https:// URL`);
+    fleet = {
+      url: url.endsWith('/') ? url : `${url}/`,
+      tokenFile: absPath(f, 'tokenFile', 'fleet'),
+      group: r.optString(f, 'group', 'fleet', { pattern: /^[A-Za-z0-9._-]{1,64}$/, what: 'a group name' }) ?? 'default',
+      reportIntervalMinutes: r.optInt(f, 'reportIntervalMinutes', 'fleet', { min: 1, max: 7 * 24 * 60 }) ?? 60,
+      machineIdFile: optAbsPath(f, 'machineIdFile', 'fleet') ?? '/etc/machine-id',
+    };
+  }
 
   return {
     channel: r.string(o, 'channel', '', { pattern: CHANNEL_RE, what: 'a channel name ([a-z0-9._-], up to 64)' }),
     mirrors,
     ...(credentials ? { credentials } : {}),
+    ...(fleet ? { fleet } : {}),
     keyring: absPath(o, 'keyring', ''),
     threshold: int('threshold', 1, 1, 16),
     architecture: r.optString(o, 'architecture', '', { pattern: ARCH_RE, what: 'a Debian architecture' }) ?? hostDebianArchitecture(),

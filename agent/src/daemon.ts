@@ -8,12 +8,13 @@
 import { readFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent } from './agent.js';
+import { FleetReporter } from './adapters/fleet.js';
 import { toLiveupError } from './channel/errors.js';
 import { createGrubEnv } from './adapters/grubenv.js';
 import { Journal } from './adapters/journal.js';
 import { watchInbox, type InboxWatcher } from './adapters/inbox.js';
 import { applyTimeZone, scheduleChecks, type Schedule } from './adapters/scheduler.js';
-import { DEFAULT_DROP_IN_DIR, DEFAULT_MAIN_FILE, loadConfig, watchConfig, type ConfigWatcher } from './config.js';
+import { DEFAULT_DROP_IN_DIR, DEFAULT_MAIN_FILE, loadConfig, watchConfig, type ConfigWatcher, type FleetConfig } from './config.js';
 import { startService, type AgentService } from './dbus/service.js';
 import { TxLock } from './core/txlock.js';
 import { EXIT, optString, runCli, type Command } from './cli/framework.js';
@@ -49,9 +50,11 @@ export async function startDaemon(opts: { mainFile: string; dropInDir: string; r
   let wake: NodeJS.Timeout | null = null;
   const scheduledUpdate = (): Promise<void> =>
     guarded('scheduled-update', 'scheduler', () => agent.update({ downloadOnly: false, applyLive: false }, { scheduled: true }));
-  const agent = new Agent({
+  const reporter: FleetReporter = new FleetReporter({ journal, config: (): FleetConfig | undefined => agent.config.fleet, log });
+  const agent: Agent = new Agent({
     config,
     journal,
+    reporter,
     grubenv: createGrubEnv({ editenv: config.grubEditenv }),
     log,
     bootedVersion: () => readBootedVersion(opts.runDir),
@@ -65,6 +68,31 @@ export async function startDaemon(opts: { mainFile: string; dropInDir: string; r
     },
   });
   await agent.start();
+  // Fleet reports: one on every state change and every reportIntervalMinutes,
+  // all through the outbox; a sender tick retries what is queued.
+  const queueReport = async (): Promise<void> => {
+    if (!agent.config.fleet) return;
+    try {
+      reporter.queue(await agent.reportBody());
+      await reporter.flush();
+    } catch (e) {
+      log.warn({ err: (e as Error).message }, 'fleet report not queued');
+    }
+  };
+  const unsubscribeReports = agent.events.onStateChanged(() => void queueReport());
+  let lastPeriodic = 0;
+  const fleetTick = setInterval(() => {
+    const f = agent.config.fleet;
+    if (!f) return;
+    if (Date.now() - lastPeriodic >= f.reportIntervalMinutes * 60_000) {
+      lastPeriodic = Date.now();
+      void queueReport();
+    } else if (journal.outboxSize() > 0) {
+      void reporter.flush().catch(() => undefined);
+    }
+  }, 30_000);
+  fleetTick.unref();
+  void agent.releaseFleetLock();
   log.info({ booted: agent.properties().bootedVersion }, 'agent started');
 
   /** Run under the lock; a busy lock means someone else is already doing it. */
@@ -125,6 +153,8 @@ export async function startDaemon(opts: { mainFile: string; dropInDir: string; r
       await inbox.close();
       await schedule?.stop();
       if (wake) clearTimeout(wake);
+      clearInterval(fleetTick);
+      unsubscribeReports();
       await service.close();
       journal.close();
       log.info({}, 'stopped');

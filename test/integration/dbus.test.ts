@@ -100,6 +100,10 @@ class FakeAgent implements AgentApi {
     this.calls.push(['gc']);
     return { removed: [9, 10], kept: [11, 12, 13], freedBytes: 1_500_000_000 };
   }
+  async report() {
+    this.calls.push(['report']);
+    return { sent: 2, pending: 0, error: null };
+  }
 }
 
 function deferred<T = void>() {

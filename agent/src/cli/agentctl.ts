@@ -3,6 +3,8 @@ import { readFile } from 'node:fs/promises';
 import { EXIT, runCli, type Command, type Io, processIo } from './framework.js';
 import { checkCmd } from './agentctl/check.js';
 import { gcCmd } from './agentctl/gc.js';
+import { reportCmd } from './agentctl/report.js';
+import { enrollCmd } from './agentctl/enroll.js';
 import { historyCmd } from './agentctl/history.js';
 import { listCmd } from './agentctl/list.js';
 import { pinCmd, unpinCmd } from './agentctl/pin.js';
@@ -10,7 +12,7 @@ import { rollbackCmd } from './agentctl/rollback.js';
 import { statusCmd } from './agentctl/status.js';
 import { updateCmd } from './agentctl/update.js';
 
-export const COMMANDS: Command[] = [statusCmd, checkCmd, updateCmd, listCmd, historyCmd, rollbackCmd, pinCmd, unpinCmd, gcCmd];
+export const COMMANDS: Command[] = [statusCmd, checkCmd, updateCmd, listCmd, historyCmd, rollbackCmd, pinCmd, unpinCmd, gcCmd, reportCmd, enrollCmd];
 
 export const BLURB = 'agentctl: control liveup-agentd, the update agent of this machine (over D-Bus, system bus by default).';
 

@@ -193,6 +193,17 @@ export interface AgentApi {
   /** limit null = all. */
   history(limit: number | null): Promise<HistoryEntry[]>;
   gc(): Promise<GcResult>;
+  /** Queue a fleet report now and send the outbox (retries the backlog at once). */
+  report(): Promise<ReportResult>;
+}
+
+export interface ReportResult {
+  /** Reports the endpoint acknowledged in this call. */
+  sent: number;
+  /** Still in the outbox (the endpoint is down, or refused the token). */
+  pending: number;
+  /** Why sending stopped, or null. */
+  error: string | null;
 }
 
 /** A minimal AgentEvents implementation for the daemon (and tests) to emit through. */

@@ -11,14 +11,14 @@ import dbus from 'dbus-next';
 import { LiveupError, type ErrorCode } from '../channel/errors.js';
 import {
   BUS_NAME, ERROR_PREFIX, INTERFACE_NAME, OBJECT_PATH, errorCodeFromDbusName,
-  type AgentProperties, type AgentStateName, type AgentStatus, type CheckResult, type GcResult,
+  type AgentProperties, type AgentStateName, type AgentStatus, type CheckResult, type GcResult, type ReportResult,
   type GenerationInfo, type HistoryEntry, type ProgressEvent, type RollbackOptions, type Unsubscribe,
   type UpdateOptions, type UpdateResult,
 } from './api.js';
 import { describeBus, openBus, type BusSpec, type MessageBus } from './bus.js';
 
 /** The methods whose result is a JSON string, for `--json` pass-through. */
-export type JsonMethod = 'GetStatus' | 'Check' | 'Update' | 'Rollback' | 'ListGenerations' | 'History' | 'Gc';
+export type JsonMethod = 'GetStatus' | 'Check' | 'Update' | 'Rollback' | 'ListGenerations' | 'History' | 'Gc' | 'Report';
 
 export interface AgentClient {
   getStatus(): Promise<AgentStatus>;
@@ -32,6 +32,7 @@ export interface AgentClient {
   /** limit null = all. */
   history(limit: number | null): Promise<HistoryEntry[]>;
   gc(): Promise<GcResult>;
+  report(): Promise<ReportResult>;
   properties(): Promise<AgentProperties>;
   /** The daemon's JSON text unparsed, for `agentctl --json`. */
   raw: {
@@ -42,6 +43,7 @@ export interface AgentClient {
     listGenerations(): Promise<string>;
     history(limit: number | null): Promise<string>;
     gc(): Promise<string>;
+    report(): Promise<string>;
   };
   /** Resolves once the match rule is in place: no signal sent afterwards is missed. */
   onProgress(listener: (p: ProgressEvent) => void): Promise<Unsubscribe>;
@@ -162,6 +164,7 @@ export async function connectAgent(opts: { bus: BusSpec; connectTimeoutMs?: numb
       return callJson('History', 'u', [limit ?? 0]);
     },
     gc: () => callJson('Gc'),
+    report: () => callJson('Report'),
   };
 
   const subscribe = async (member: string, handler: (body: unknown[]) => void): Promise<Unsubscribe> => {
@@ -192,6 +195,7 @@ export async function connectAgent(opts: { bus: BusSpec; connectTimeoutMs?: numb
     listGenerations: async () => parseJson<GenerationInfo[]>('ListGenerations', await raw.listGenerations()),
     history: async (limit) => parseJson<HistoryEntry[]>('History', await raw.history(limit)),
     gc: async () => parseJson<GcResult>('Gc', await raw.gc()),
+    report: async () => parseJson<ReportResult>('Report', await raw.report()),
     async properties() {
       const [all] = await rawCall({ destination: BUS_NAME, path: OBJECT_PATH, interface: 'org.freedesktop.DBus.Properties', member: 'GetAll', signature: 's', body: [INTERFACE_NAME] }, 'GetAll');
       const v = (all ?? {}) as Record<string, { value: unknown }>;

@@ -33,7 +33,7 @@ export interface AgentService {
 }
 
 /** Methods that change the machine (Check too: it touches the network and the journal). */
-export const MUTATING_METHODS = ['Check', 'Update', 'Rollback', 'Pin', 'Unpin', 'Gc'] as const;
+export const MUTATING_METHODS = ['Check', 'Update', 'Rollback', 'Pin', 'Unpin', 'Gc', 'Report'] as const;
 export type MutatingMethod = (typeof MUTATING_METHODS)[number];
 
 /** A LiveupError → its D-Bus error; anything else → Internal (its stack stays in our log). */
@@ -204,6 +204,10 @@ class Agent1 extends dbus.interface.Interface {
     return this.#core.mutate('Gc', this.#caller(), async () => JSON.stringify(await this.#core.api.gc()));
   }
 
+  Report(): Promise<string> {
+    return this.#core.mutate('Report', this.#caller(), async () => JSON.stringify(await this.#core.api.report()));
+  }
+
   // Signals: the return value is the signal body (dbus-next's convention).
   Progress(step: string, done: bigint, total: bigint): [string, bigint, bigint] {
     return [step, done, total];
@@ -244,6 +248,7 @@ Agent1.configureMembers({
     ListGenerations: { outSignature: 's' },
     History: { inSignature: 'u', outSignature: 's' },
     Gc: { outSignature: 's' },
+    Report: { outSignature: 's' },
   },
   signals: {
     Progress: { signature: 'stt' },

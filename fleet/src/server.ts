@@ -1,0 +1,176 @@
+/**
+ * `liveup fleet serve`: the fleet endpoint over plain node:http.
+ *
+ *   POST /v1/reports            an agent's report (bearer token; idempotent on machine + seq)
+ *   GET  /v1/machines           every machine's latest report, with `stale`
+ *   GET  /v1/machines/:id       one machine with its report history
+ *   POST /v1/pre-reboot         FleetLock (Zincati's protocol): take a reboot slot
+ *   POST /v1/steady-state       FleetLock: give it back
+ *   GET  /                      the dashboard (fleet/src/dashboard.ts)
+ *
+ * Every API call needs `Authorization: Bearer <token>` (`liveup fleet token
+ * create`): the inventory of a fleet is not public. Bad input gets a 4xx with
+ * a JSON `{ error: { code, message } }` naming the problem, and nothing is
+ * written.
+ */
+import http from 'node:http';
+import { LiveupError, toLiveupError } from '../../agent/src/channel/errors.js';
+import { Reader } from '../../agent/src/util/validate.js';
+import { MAX_REPORT_BYTES, parseReport } from './report.js';
+import type { FleetStore } from './store.js';
+import { DASHBOARD_HTML } from './dashboard.js';
+
+export interface FleetServerOptions {
+  readonly store: FleetStore;
+  readonly host: string;
+  readonly port: number;
+  /** Reboot slots per FleetLock group; `default` for groups not named (default 1). */
+  readonly slots?: Readonly<Record<string, number>>;
+  /** A machine not heard from for this long is flagged stale (default 2 × the agents' 4 h schedule). */
+  readonly staleAfterMs?: number;
+  readonly log?: (line: string) => void;
+  readonly now?: () => Date;
+}
+
+export interface RunningFleetServer {
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+class HttpError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+function send(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+  res.end(text);
+}
+
+/** The body, refused with 413 past `max` bytes without reading the rest. */
+function readBody(req: http.IncomingMessage, max: number): Promise<string> {
+  const declared = Number(req.headers['content-length'] ?? NaN);
+  if (declared > max) return Promise.reject(new HttpError(413, 'TOO_LARGE', `body of ${declared} bytes is over the ${max}-byte limit`));
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    req.on('data', (c: Buffer) => {
+      n += c.length;
+      if (n > max) {
+        reject(new HttpError(413, 'TOO_LARGE', `body is over the ${max}-byte limit`));
+        req.destroy();
+      } else chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+/** FleetLock body: `{"client_params": {"id": "...", "group": "..."}}`. */
+function parseLockBody(text: string): { id: string; group: string } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, 'INVALID_ARGUMENT', `not valid JSON (${(e as Error).message})`);
+  }
+  try {
+    const r = new Reader('fleetlock', 'INVALID_ARGUMENT');
+    const o = r.object(raw, '', ['client_params']);
+    const p = r.object(o.client_params, 'client_params', ['id', 'group']);
+    return {
+      id: r.string(p, 'id', 'client_params', { max: 128, pattern: /^[A-Za-z0-9._:-]+$/, what: 'a machine id' }),
+      group: r.string(p, 'group', 'client_params', { max: 64, pattern: /^[A-Za-z0-9._-]+$/, what: 'a group name' }),
+    };
+  } catch (e) {
+    throw new HttpError(400, 'INVALID_ARGUMENT', toLiveupError(e).message);
+  }
+}
+
+export async function serveFleet(o: FleetServerOptions): Promise<RunningFleetServer> {
+  const now = o.now ?? (() => new Date());
+  const staleAfter = o.staleAfterMs ?? 8 * 3600e3;
+  const slotsFor = (group: string): number => o.slots?.[group] ?? o.slots?.default ?? 1;
+
+  const authorize = (req: http.IncomingMessage): string => {
+    const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
+    if (!m) throw new HttpError(401, 'NOT_AUTHORIZED', 'missing "Authorization: Bearer <token>" (liveup fleet token create)');
+    const name = o.store.tokenName(m[1]!);
+    if (!name) throw new HttpError(401, 'NOT_AUTHORIZED', 'unknown or revoked token');
+    return name;
+  };
+
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    const url = new URL(req.url ?? '/', 'http://fleet.invalid');
+    const route = `${req.method} ${url.pathname}`;
+    if (route === 'GET /' || route === 'GET /index.html') {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-security-policy': "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'" });
+      res.end(DASHBOARD_HTML);
+      return;
+    }
+    if (route === 'GET /healthz') return send(res, 200, { ok: true });
+    authorize(req);
+    if (route === 'POST /v1/reports') {
+      if (!/^application\/json\b/.test(req.headers['content-type'] ?? '')) throw new HttpError(415, 'INVALID_ARGUMENT', 'send the report as application/json');
+      const body = await readBody(req, MAX_REPORT_BYTES);
+      let report;
+      try {
+        report = parseReport(body);
+      } catch (e) {
+        throw new HttpError(400, 'INVALID_ARGUMENT', toLiveupError(e).message);
+      }
+      const outcome = o.store.saveReport(report);
+      return send(res, 200, { ok: true, machineId: report.machineId, seq: report.seq, duplicate: outcome === 'duplicate' });
+    }
+    if (route === 'GET /v1/machines') {
+      const t = now().getTime();
+      return send(res, 200, {
+        machines: o.store.machines().map((m) => ({ ...m, stale: t - Date.parse(m.lastSeen) > staleAfter })),
+        staleAfterSeconds: staleAfter / 1000,
+      });
+    }
+    const one = /^GET \/v1\/machines\/([0-9a-f]{32})$/.exec(route);
+    if (one) {
+      const m = o.store.machine(one[1]!);
+      if (!m) throw new HttpError(404, 'NOT_FOUND', `no machine ${one[1]} has reported`);
+      return send(res, 200, m);
+    }
+    if (route === 'POST /v1/pre-reboot' || route === 'POST /v1/steady-state') {
+      if (req.headers['fleet-lock-protocol'] !== 'true') throw new HttpError(400, 'INVALID_ARGUMENT', 'missing header "fleet-lock-protocol: true"');
+      const p = parseLockBody(await readBody(req, 4096));
+      if (route === 'POST /v1/steady-state') {
+        o.store.unlock(p.group, p.id);
+        return send(res, 200, { ok: true });
+      }
+      const slots = slotsFor(p.group);
+      const r = o.store.lock(p.group, p.id, slots);
+      if (r.granted) return send(res, 200, { ok: true, holders: r.holders.length, slots });
+      // FleetLock's error shape, as Zincati reads it.
+      return send(res, 409, { kind: 'failed_lock', value: `all ${slots} reboot slot(s) of group "${p.group}" are taken`, holders: r.holders });
+    }
+    throw new HttpError(404, 'NOT_FOUND', `no route ${route}`);
+  };
+
+  const server = http.createServer((req, res) => {
+    handle(req, res).catch((e: unknown) => {
+      const err = e instanceof HttpError ? e : new HttpError(500, 'INTERNAL', e instanceof LiveupError ? e.message : 'internal error');
+      if (err.status >= 500) o.log?.(`fleet: ${req.method} ${req.url}: ${(e as Error).stack ?? String(e)}`);
+      if (!res.headersSent) send(res, err.status, { error: { code: err.code, message: err.message } });
+      else res.destroy();
+    });
+  });
+  server.requestTimeout = 30_000;
+  server.headersTimeout = 10_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) => reject(new LiveupError('INVALID_ARGUMENT', `cannot listen on ${o.host}:${o.port} (${e.code ?? e.message})`)));
+    server.listen(o.port, o.host, resolve);
+  });
+  const addr = server.address() as { port: number };
+  const host = o.host.includes(':') ? `[${o.host}]` : o.host;
+  return {
+    url: `http://${host}:${addr.port}/`,
+    close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
+  };
+}

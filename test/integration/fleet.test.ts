@@ -1,0 +1,211 @@
+/**
+ * The fleet endpoint and the agent's outbox together, as an administrator
+ * runs them: `liveup fleet token create`, `liveup fleet serve` (in-process
+ * here, to stop and restart it), the compiled daemon enrolled with `agentctl
+ * enroll`, reports through `agentctl report` and state changes.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { cp, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tmp } from '../helpers/tmp.js';
+import { makeGendir, makeKey } from '../helpers/fixtures.js';
+import { startPrivateBus } from '../helpers/dbus.js';
+import { bin, collect, runCli } from '../helpers/cli.js';
+import { publish } from '../../publisher/src/publish.js';
+import { serve } from '../../publisher/src/serve.js';
+import { FleetStore } from '../../fleet/src/store.js';
+import { serveFleet, type RunningFleetServer } from '../../fleet/src/server.js';
+import { postJson } from '../../agent/src/adapters/fleet.js';
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  while (cleanups.length) await Promise.resolve(cleanups.pop()!()).catch(() => undefined);
+});
+
+const ID = (n: number) => n.toString(16).padStart(32, '0');
+const report = (o: Record<string, unknown> = {}) => ({
+  format: 1, machineId: ID(1), hostname: 'web-1', channel: 'stable', seq: 1, sentAt: new Date().toISOString(), agentVersion: '0.1.0',
+  state: 'idle', bootedVersion: 3, runningVersion: 3, stagedVersion: null, lastGoodVersion: 3, lastResult: 'ok', lastError: null,
+  health: 'good', uptimeSeconds: 100, decision: null, ...o,
+});
+
+async function endpoint(dir: string, port = 0, slots: Record<string, number> = { default: 1 }): Promise<{ server: RunningFleetServer; store: FleetStore; db: string }> {
+  const db = join(dir, 'fleet.db');
+  const store = FleetStore.open(db);
+  const server = await serveFleet({ store, host: '127.0.0.1', port, slots });
+  cleanups.push(() => { store.close(); });
+  cleanups.push(() => server.close());
+  return { server, store, db };
+}
+
+async function token(db: string, name = 'fleet'): Promise<string> {
+  const r = await runCli('liveup', ['fleet', 'token', 'create', name, '--db', `sqlite:${db}`]);
+  expect(r.code, r.stderr).toBe(0);
+  return r.stdout.trim();
+}
+
+async function get(url: string, bearer: string): Promise<{ status: number; body: unknown }> {
+  const res = await fetch(url, { headers: { authorization: `Bearer ${bearer}` } });
+  return { status: res.status, body: await res.json() };
+}
+
+describe('liveup fleet serve: the API', () => {
+  it('takes a valid report once per (machine, seq); refuses bad input with a 4xx naming the problem and writes nothing', async () => {
+    const dir = await tmp();
+    const { server, store, db } = await endpoint(dir);
+    const t = await token(db);
+    const url = `${server.url}v1/reports`;
+    const auth = { authorization: `Bearer ${t}` };
+
+    expect((await postJson(url, report(), {})).status).toBe(401);
+    expect((await postJson(url, report(), { authorization: 'Bearer nope' })).status).toBe(401);
+    const raw = (body: string, headers: Record<string, string> = {}) =>
+      fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...auth, ...headers }, body }).then(async (r) => ({ status: r.status, body: (await r.json()) as { error: { message: string } } }));
+    const bad = await raw('{"format":1,');
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.message).toMatch(/not valid JSON/);
+    const unknown = await raw(JSON.stringify({ ...report(), colour: 'blue' }));
+    expect(unknown.status).toBe(400);
+    expect(unknown.body.error.message).toMatch(/colour/);
+    const badId = await raw(JSON.stringify(report({ machineId: 'x' })));
+    expect(badId.body.error.message).toMatch(/machineId.*machine id/);
+    expect((await raw('x'.repeat(70_000))).status).toBe(413);
+    expect((await fetch(url, { method: 'POST', headers: { ...auth, 'content-type': 'text/plain' }, body: '{}' })).status).toBe(415);
+    expect(store.machines()).toEqual([]);
+
+    const ok = await postJson(url, report(), auth);
+    expect(ok.status).toBe(200);
+    const again = await postJson(url, report(), auth);
+    expect(JSON.parse(again.body)).toMatchObject({ ok: true, duplicate: true });
+    expect(store.reportCount(ID(1))).toBe(1);
+    await postJson(url, report({ seq: 2, state: 'staged', stagedVersion: 4 }), auth);
+    const list = await get(`${server.url}v1/machines`, t);
+    expect(list.body).toMatchObject({ machines: [{ id: ID(1), hostname: 'web-1', lastSeq: 2, stale: false, report: { stagedVersion: 4 } }] });
+    const one = await get(`${server.url}v1/machines/${ID(1)}`, t);
+    expect((one.body as { history: { seq: number }[] }).history.map((h) => h.seq)).toEqual([2, 1]);
+    expect((await get(`${server.url}v1/machines/${ID(9)}`, t)).status).toBe(404);
+
+    // A revoked token is refused from then on.
+    expect((await runCli('liveup', ['fleet', 'token', 'revoke', 'fleet', '--db', `sqlite:${db}`])).code).toBe(0);
+    expect((await postJson(url, report({ seq: 3 }), auth)).status).toBe(401);
+  });
+
+  it('FleetLock: slots per group are respected by several machines, a holder asking again keeps its slot', async () => {
+    const dir = await tmp();
+    const { server, db } = await endpoint(dir, 0, { default: 1, web: 2 });
+    const t = await token(db);
+    const lock = (path: string, id: string, group: string) =>
+      postJson(`${server.url}v1/${path}`, { client_params: { id, group } }, { authorization: `Bearer ${t}`, 'fleet-lock-protocol': 'true' });
+    const results = await Promise.all([1, 2, 3, 4].map((n) => lock('pre-reboot', ID(n), 'web')));
+    expect(results.map((r) => r.status).sort()).toEqual([200, 200, 409, 409]);
+    const holders = [1, 2, 3, 4].filter((_, i) => results[i]!.status === 200);
+    const waiting = [1, 2, 3, 4].filter((_, i) => results[i]!.status !== 200);
+    expect(JSON.parse(results.find((r) => r.status === 409)!.body)).toMatchObject({ kind: 'failed_lock' });
+    expect((await lock('pre-reboot', ID(holders[0]!), 'web')).status).toBe(200); // idempotent
+    expect((await lock('pre-reboot', ID(9), 'db')).status).toBe(200); // another group, its own slot
+    expect((await lock('steady-state', ID(holders[0]!), 'web')).status).toBe(200);
+    expect((await lock('pre-reboot', ID(waiting[0]!), 'web')).status).toBe(200);
+    expect((await lock('pre-reboot', ID(waiting[1]!), 'web')).status).toBe(409);
+    const noHeader = await postJson(`${server.url}v1/pre-reboot`, { client_params: { id: ID(5), group: 'web' } }, { authorization: `Bearer ${t}` });
+    expect(noHeader.status).toBe(400);
+  });
+});
+
+describe('agent → fleet: reports are never lost, never stored twice', () => {
+  async function agent(dir: string, fleetUrl: string, fleetToken: string): Promise<{ ctl(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }>; start(): Promise<void>; kill(): Promise<void> }> {
+    const key = await makeKey(join(dir, 'keys'));
+    const repo = join(dir, 'repo');
+    await publish({ repo, channel: 'stable', gendir: await makeGendir(join(dir, 'g1')), keys: [key.priv], indexTtlMs: 86400e3, manifestTtlMs: 86400e3 });
+    await publish({ repo, channel: 'stable', gendir: await makeGendir(join(dir, 'g2'), { marker: 'two' }), keys: [key.priv], indexTtlMs: 86400e3, manifestTtlMs: 86400e3 });
+    const boot = join(dir, 'boot');
+    await mkdir(join(boot, 'live'), { recursive: true });
+    await cp(join(repo, 'generations', '1'), join(boot, 'live', '1'), { recursive: true });
+    const runDir = join(dir, 'run');
+    await mkdir(runDir);
+    await writeFile(join(runDir, 'booted'), '1\n');
+    await writeFile(join(dir, 'machine-id'), `${ID(42)}\n`);
+    const bus = await startPrivateBus();
+    cleanups.push(() => bus.stop());
+    const channel = await serve({ root: repo, host: '127.0.0.1', port: 0 });
+    cleanups.push(() => channel.close());
+    await writeFile(join(dir, 'agent.json'), JSON.stringify({
+      channel: 'stable', mirrors: [channel.url], keyring: key.pubPath, architecture: 'amd64', schedule: '0 0 1 1 *', jitterSeconds: 0,
+      bootDir: boot, stateDir: join(dir, 'state'), dbus: bus.address,
+      fetch: { deadlineSeconds: 60, minBytesPerSecond: 0, retries: 0, backoffSeconds: 1 },
+    }));
+    // As an administrator enrolls a machine (the drop-in names a machine-id file for the test).
+    const enroll = await runCli('agentctl', ['enroll', fleetUrl, '--token', fleetToken, '--group', 'web', '--config-dir', join(dir, 'agent.d'), '--token-file', join(dir, 'fleet.token')]);
+    expect(enroll.code, enroll.stderr).toBe(0);
+    const dropIn = JSON.parse(await import('node:fs/promises').then((f) => f.readFile(join(dir, 'agent.d', '50-fleet.json'), 'utf8'))) as { fleet: Record<string, unknown> };
+    expect((await import('node:fs/promises').then((f) => f.stat(join(dir, 'fleet.token')))).mode & 0o777).toBe(0o600);
+    await writeFile(join(dir, 'agent.d', '50-fleet.json'), JSON.stringify({ fleet: { ...dropIn.fleet, machineIdFile: join(dir, 'machine-id') } }));
+    let daemon: ChildProcess | null = null;
+    const m = {
+      ctl: (args: string[]) => collect(spawn(bin('agentctl'), ['--bus', bus.address, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })),
+      async start() {
+        const d = spawn(bin('liveup-agentd'), ['--config', join(dir, 'agent.json'), '--config-dir', join(dir, 'agent.d'), '--run-dir', runDir], { stdio: 'ignore' });
+        daemon = d;
+        cleanups.push(() => { if (d.exitCode === null && d.signalCode === null) d.kill('SIGKILL'); });
+        for (let i = 0; i < 200 && (await m.ctl(['status'])).code !== 0; i++) await new Promise((r) => setTimeout(r, 100));
+      },
+      async kill() {
+        const d = daemon!;
+        const closed = new Promise((r) => d.once('close', r));
+        d.kill('SIGKILL');
+        await closed;
+      },
+    };
+    await m.start();
+    return m;
+  }
+
+  it('reports flow; with the endpoint down they queue; killed and restarted, every one arrives once, in order', async () => {
+    const dir = await tmp();
+    let ep = await endpoint(join(dir));
+    const t = await token(ep.db);
+    const port = Number(new URL(ep.server.url).port);
+    const m = await agent(join(dir, 'machine'), ep.server.url, t);
+
+    const first = await m.ctl(['report', '--json']);
+    expect(first.code, first.stderr).toBe(0);
+    expect(JSON.parse(first.stdout)).toMatchObject({ pending: 0, error: null });
+    const seen = ep.store.machine(ID(42));
+    expect(seen?.machine).toMatchObject({ hostname: expect.any(String), channel: 'stable' });
+    expect(seen?.machine.report).toMatchObject({ bootedVersion: 1, health: 'unknown' });
+
+    // The endpoint goes away; the machine keeps working and queues.
+    await ep.server.close();
+    ep.store.close();
+    expect((await m.ctl(['update'])).code).toBe(0); // state changes → reports queued
+    const down = await m.ctl(['report']);
+    expect(down.code).toBe(1);
+    expect(down.stdout).toMatch(/still queued: fleet endpoint unreachable/);
+    await m.kill(); // and the agent dies with its outbox full
+    await m.start();
+
+    // The endpoint comes back on the same database and port.
+    const store = FleetStore.open(ep.db);
+    const server = await serveFleet({ store, host: '127.0.0.1', port });
+    cleanups.push(() => store.close());
+    cleanups.push(() => server.close());
+    const up = await m.ctl(['report', '--json']);
+    expect(JSON.parse(up.stdout)).toMatchObject({ pending: 0, error: null });
+    const h = store.machine(ID(42))!;
+    const seqs = h.history.map((x) => x.seq).sort((a, b) => a - b);
+    // Every sequence from 1 to the last arrived exactly once: nothing lost, nothing twice.
+    expect(seqs).toEqual(Array.from({ length: seqs.length }, (_, i) => i + 1));
+    expect(seqs.length).toBeGreaterThan(3);
+    expect(h.machine.report).toMatchObject({ stagedVersion: 2 });
+    ep = { ...ep, server, store };
+  });
+
+  it('agentctl report without enrollment says what to do', async () => {
+    const dir = await tmp();
+    const bus = await startPrivateBus();
+    cleanups.push(() => bus.stop());
+    const r = await runCli('agentctl', ['enroll', 'ftp://x', '--token', 'abcdefgh', '--config-dir', join(dir, 'd'), '--token-file', join(dir, 't')]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/INVALID_ARGUMENT: ftp:\/\/x is not an http/);
+  });
+});
