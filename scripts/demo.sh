@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The demo (README): the main job of liveup, end to end, printing what it does.
-# Today: make a signing key, publish two generations into a local channel,
-# serve the channel over HTTP, verify it as an agent would, let a real agent
-# (liveup-agentd + agentctl) stage the update with its boot menu, then show
-# that a tampered artifact is caught. Later issues extend it (agent, boot, fleet).
+# Build a real Debian 13 generation from a profile, derive the next one by
+# installing a package, sign and publish both, serve the channel; a machine
+# running generation 1 (its squashfs under a tmpfs overlay, as live-boot
+# mounts it) gets generation 2 from its agent and applies it live, without a
+# reboot; the machine reports to a fleet endpoint; a hybrid ISO of the new
+# generation is written; a tampered artifact is caught.
+# First run ~4-6 min (debootstrap, apt); later runs reuse the factory's cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -16,70 +19,88 @@ run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
 step "1. A signing key for the channel (the private half never leaves the publisher)"
 run "$LIVEUP" key generate --out "$WORK/keys" --name demo
 
-step "2. Two generations: a small root tree squashed with mksquashfs, a kernel and an initrd"
-KERNEL=$(ls /boot/vmlinuz-* 2>/dev/null | head -1 || true)
-INITRD=$(ls /boot/initrd.img-* 2>/dev/null | head -1 || true)
-for n in 1 2; do
-  mkdir -p "$WORK/tree$n/etc" "$WORK/gen$n"
-  echo "demo generation $n" > "$WORK/tree$n/etc/liveup-demo"
-  run mksquashfs "$WORK/tree$n" "$WORK/gen$n/filesystem.squashfs" -noappend -quiet -no-progress -comp zstd -reproducible -mkfs-time 0 -all-time 0
-  if [ -n "$KERNEL" ] && [ -n "$INITRD" ]; then
-    cp "$KERNEL" "$WORK/gen$n/vmlinuz"; cp "$INITRD" "$WORK/gen$n/initrd.img"
-  else # no kernel on this host: stand-ins (later demos build real ones with `liveup build`)
-    head -c 8M /dev/urandom > "$WORK/gen$n/vmlinuz"; head -c 4M /dev/urandom > "$WORK/gen$n/initrd.img"
-  fi
-done
+step "2. Build generation 1 from a versioned profile: debootstrap → kernel, live-boot, agent-ready → mksquashfs"
+run cat profiles/demo.json
+run "$LIVEUP" build --profile profiles/demo.json --out "$WORK/gen1"
 
-step "3. Publish both into the channel 'stable' (manifest signed, then the index re-signed)"
+step "3. Publish it into the channel 'stable' (manifest signed, then the index re-signed)"
 run "$LIVEUP" publish --repo "$WORK/repo" --channel stable --key "$WORK/keys/demo.key.asc" --expires 30d "$WORK/gen1"
+
+step "4. Derive generation 2 from the published one: install 'hello'; the exact .deb and the change are recorded"
+run "$LIVEUP" derive --from "$WORK/repo" --channel stable --keyring "$WORK/keys/demo.pub.asc" --install hello --out "$WORK/gen2"
 run "$LIVEUP" publish --repo "$WORK/repo" --channel stable --key "$WORK/keys/demo.key.asc" --expires 30d "$WORK/gen2"
 run find "$WORK/repo" -maxdepth 3 -not -name '.*' -printf '%P\n'
 
-step "4. Serve the channel over HTTP on 127.0.0.1"
+step "5. Serve the channel over HTTP on 127.0.0.1, and verify it with the pinned key"
 "$LIVEUP" serve "$WORK/repo" --listen 127.0.0.1:0 --quiet > "$WORK/serve.out" &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
+MOUNTS=()
+cleanup() {
+  kill ${SERVER:-} ${FLEET:-} ${AGENTD:-} 2>/dev/null || true
+  [ -f "$WORK/machine/bus.pid" ] && kill "$(cat "$WORK/machine/bus.pid")" 2>/dev/null || true
+  for ((i=${#MOUNTS[@]}-1; i>=0; i--)); do umount -l "${MOUNTS[i]}" 2>/dev/null || true; done
+}
+trap cleanup EXIT
 for _ in $(seq 50); do grep -q http "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
 URL=$(grep -o 'http://[^ ]*' "$WORK/serve.out")
 echo "serving at $URL"
-
-step "5. Verify the channel over HTTP with the pinned public key: index, manifests, every artifact"
 run "$LIVEUP" verify --repo "$URL" --channel stable --keyring "$WORK/keys/demo.pub.asc"
 
-step "6. An agent on a machine running generation 1 finds, verifies and stages generation 2"
-# The machine: a boot medium holding generation 1, a state dir, and a private
-# D-Bus (the real one is the system bus; the demo must not touch this host's).
-mkdir -p "$WORK/machine/boot/live" "$WORK/machine/run"
-cp -r "$WORK/repo/generations/1" "$WORK/machine/boot/live/1"
-echo 1 > "$WORK/machine/run/booted"
-cat > "$WORK/machine/bus.conf" <<CONF
+step "6. A fleet endpoint, and a token for the machines"
+"$LIVEUP" fleet serve --db "sqlite:$WORK/fleet.db" --listen 127.0.0.1:0 > "$WORK/fleet.out" 2>&1 &
+FLEET=$!
+for _ in $(seq 50); do grep -q http "$WORK/fleet.out" 2>/dev/null && break; sleep 0.1; done
+FLEET_URL=$(grep -o 'http://[^ ]*/' "$WORK/fleet.out" | head -1)
+TOKEN=$("$LIVEUP" fleet token create demo-machines --db "sqlite:$WORK/fleet.db")
+echo "fleet endpoint at $FLEET_URL (dashboard: ${FLEET_URL}#token=$TOKEN)"
+
+step "7. A machine running generation 1: its squashfs read-only under a tmpfs overlay, as live-boot mounts it"
+M="$WORK/machine"
+mkdir -p "$M/boot/live" "$M/run" "$M/lower" "$M/rw" "$M/root"
+cp -r "$WORK/repo/generations/1" "$M/boot/live/1"
+echo 1 > "$M/run/booted"
+run mount -t squashfs -o loop,ro "$M/boot/live/1/filesystem.squashfs" "$M/lower"; MOUNTS+=("$M/lower")
+mount -t tmpfs demo-rw "$M/rw"; MOUNTS+=("$M/rw"); mkdir -p "$M/rw/upper" "$M/rw/work"
+run mount -t overlay overlay -o "lowerdir=$M/lower,upperdir=$M/rw/upper,workdir=$M/rw/work" "$M/root"; MOUNTS+=("$M/root")
+# A private D-Bus (the real agent is on the system bus; the demo must not touch this host's).
+cat > "$M/bus.conf" <<CONF
 <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig><type>session</type><listen>unix:path=$WORK/machine/bus</listen><auth>EXTERNAL</auth>
+<busconfig><type>session</type><listen>unix:path=$M/bus</listen><auth>EXTERNAL</auth>
 <policy context="default"><allow user="*"/><allow own="*"/><allow send_destination="*"/><allow receive_sender="*"/></policy></busconfig>
 CONF
-dbus-daemon --config-file="$WORK/machine/bus.conf" --fork --print-pid=1 --nopidfile > "$WORK/machine/bus.pid" 2>/dev/null
-BUS="unix:path=$WORK/machine/bus"
-cat > "$WORK/machine/agent.json" <<CONF
+dbus-daemon --config-file="$M/bus.conf" --fork --print-pid=1 --nopidfile > "$M/bus.pid" 2>/dev/null
+BUS="unix:path=$M/bus"
+cat > "$M/agent.json" <<CONF
 { "channel": "stable", "mirrors": ["$URL"], "keyring": "$WORK/keys/demo.pub.asc",
-  "bootDir": "$WORK/machine/boot", "stateDir": "$WORK/machine/state", "dbus": "$BUS",
-  "schedule": "0 3 * * *", "jitterSeconds": 0 }
+  "bootDir": "$M/boot", "stateDir": "$M/state", "dbus": "$BUS", "liveRoot": "$M/root",
+  "schedule": "0 3 * * *", "jitterSeconds": 0, "rebootStrategy": "live" }
 CONF
-run cat "$WORK/machine/agent.json"
-"$PWD/bin/liveup-agentd" --config "$WORK/machine/agent.json" --config-dir "$WORK/machine/agent.d" --run-dir "$WORK/machine/run" > "$WORK/machine/agentd.log" 2>&1 &
-AGENTD=$!
-trap 'kill $SERVER $AGENTD 2>/dev/null || true; kill "$(cat "$WORK/machine/bus.pid")" 2>/dev/null || true' EXIT
+run cat "$M/agent.json"
 AGENTCTL="$PWD/bin/agentctl"
+run "$AGENTCTL" enroll "$FLEET_URL" --token "$TOKEN" --group demo --config-dir "$M/agent.d" --token-file "$M/fleet.token"
+"$PWD/bin/liveup-agentd" --config "$M/agent.json" --config-dir "$M/agent.d" --run-dir "$M/run" > "$M/agentd.log" 2>&1 &
+AGENTD=$!
 for _ in $(seq 100); do "$AGENTCTL" --bus "$BUS" status >/dev/null 2>&1 && break; sleep 0.1; done
 run "$AGENTCTL" --bus "$BUS" status
+run chroot "$M/root" sh -c 'command -v hello || echo "hello: not installed"'
+
+step "8. The agent checks the channel, stages generation 2 for the next boot, and replays its change live"
 run "$AGENTCTL" --bus "$BUS" check
-run "$AGENTCTL" --bus "$BUS" update
-run "$AGENTCTL" --bus "$BUS" list
-run ls "$WORK/machine/boot/live/2"
-run grep -E "^(menuentry|set (default|fallback))" "$WORK/machine/boot/grub/grub.cfg"
-run grub-editenv "$WORK/machine/boot/grub/grubenv" list
+run "$AGENTCTL" --bus "$BUS" update --apply-live
+run chroot "$M/root" hello
+run "$AGENTCTL" --bus "$BUS" status
+run grep -E "^(menuentry|set (default|fallback))" "$M/boot/grub/grub.cfg"
 run "$AGENTCTL" --bus "$BUS" history
 
-step "7. Tamper with one byte of generation 1's kernel: verification names the problem and fails"
+step "9. The machine reported every step to the fleet endpoint"
+run "$AGENTCTL" --bus "$BUS" report
+run curl -sf -H "Authorization: Bearer $TOKEN" "${FLEET_URL}v1/machines"
+echo
+
+step "10. A hybrid ISO (BIOS and UEFI) of generation 2, for a USB stick or a new machine"
+run "$LIVEUP" iso --gendir "$WORK/repo/generations/2" --out "$WORK/demo-2.iso"
+
+step "11. Tamper with one byte of generation 1's kernel: verification names the problem and fails"
 printf 'TAMPERED' | dd of="$WORK/repo/generations/1/vmlinuz" bs=1 seek=4096 conv=notrunc status=none
 if "$LIVEUP" verify --repo "$URL" --channel stable --keyring "$WORK/keys/demo.pub.asc"; then
   echo "demo: tampering was NOT detected" >&2; exit 1

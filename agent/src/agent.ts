@@ -504,6 +504,7 @@ export class Agent implements AgentApi {
     });
     this.#journal.upsertGeneration({ version: v, name: m.name, channel: m.channel, state: 'staged' });
     this.#journal.raiseFloor({ version: v });
+    if (this.#pending === v) this.#pending = null; // offered and now staged: no longer pending
     if (workDir) await rm(workDir, { recursive: true, force: true });
     await this.#writeMenu(v);
     await this.#collect(v);
