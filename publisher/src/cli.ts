@@ -176,6 +176,7 @@ const buildCmd: Command = {
     cache: { type: 'string', description: 'cache for base trees and .deb files', default: DEFAULT_CACHE, valueName: 'DIR' },
     force: { type: 'boolean', description: 'replace GENDIR if it exists (only once the new build is complete)' },
     iso: { type: 'string', description: 'also write a hybrid BIOS/UEFI ISO booting it (see `liveup iso --help`)', valueName: 'FILE' },
+    'agent-deb': { type: 'string', description: 'the liveup-agent .deb to install (profile "agent": true) [default: the shipped or freshly built one]', valueName: 'FILE' },
   },
   async run({ values, io, json }) {
     const isoOut = optString(values, 'iso');
@@ -183,6 +184,7 @@ const buildCmd: Command = {
       profilePath: requireString(values, 'profile'),
       out: requireString(values, 'out'),
       cacheDir: optString(values, 'cache'),
+      agentDeb: optString(values, 'agent-deb'),
       force: values.force === true,
       log: (l) => (json ? io.err(l) : io.out(l)),
     });

@@ -73,6 +73,11 @@ describe.skipIf(skip)('liveup build / derive (real debootstrap and apt)', () => 
     expect(has(/ \/usr\/lib\/live\/boot\/9990-overlay\.sh$/)).toBe(true);
     expect(has(/ \/usr\/share\/initramfs-tools\/scripts\/live$/)).toBe(true);
     expect(has(/ \/usr\/bin\/less$/)).toBe(true);
+    // The factory installed the agent (profile "agent" defaults to true): daemon, CLI, units, initramfs hooks.
+    expect(has(/ \/usr\/sbin\/liveup-agentd -> /)).toBe(true);
+    expect(has(/ \/usr\/lib\/systemd\/system\/liveup-agent\.service$/)).toBe(true);
+    expect(has(/ \/usr\/share\/initramfs-tools\/scripts\/init-bottom\/liveup$/)).toBe(true);
+    expect(built.resolved['liveup-agent']).toMatch(/^\d/);
     expect(has(/^l\S+ .* \/etc\/ssh -> \/var\/lib\/liveup\/persist\/etc\/ssh$/)).toBe(true);
     expect(has(/^l\S+ .* \/var\/lib\/app -> \/var\/lib\/liveup\/persist\/var\/lib\/app$/)).toBe(true);
     expect(has(/ \/usr\/lib\/tmpfiles\.d\/liveup-persist\.conf$/)).toBe(true);

@@ -106,8 +106,10 @@ export function testProfile(agent?: AgentSetup): Record<string, unknown> {
     sources: [{ uri: 'http://deb.debian.org/debian', components: ['main'], keyring: '/usr/share/keyrings/debian-archive-keyring.gpg' }],
     machine: 'virtual',
     packages: [],
-    // The agent's .deb: apt brings its Depends (nodejs, kexec-tools, dbus, …) from the archive.
-    debs: agent ? ['liveup-agent.deb'] : [],
+    debs: [],
+    // With `agent`, the factory installs the agent's .deb (passed as --agent-deb): apt brings its
+    // Depends (nodejs, kexec-tools, dbus, …). Without, the boot tests' image stays small.
+    agent: agent !== undefined,
     persistent: [],
     hooks: ['hooks/50-liveup-vm.sh'],
     compression: { algorithm: 'zstd', level: 3, blockSize: '1M' },
@@ -140,8 +142,9 @@ export function buildTestGeneration(log: (s: string) => void = () => {}, agent?:
   writeFileSync(join(dir, 'profile', 'hooks', '50-liveup-vm.sh'), hook);
   chmodSync(join(dir, 'profile', 'hooks', '50-liveup-vm.sh'), 0o755);
   if (agent) copyFileSync(agent.deb, join(dir, 'profile', 'liveup-agent.deb'));
+  const agentArgs = agent ? ['--agent-deb', join(dir, 'profile', 'liveup-agent.deb')] : [];
   log(`building test generation ${hash} in ${gendir}`);
-  execFileSync(join(REPO, 'bin', 'liveup'), ['build', '--profile', join(dir, 'profile', 'profile.json'), '--out', gendir], {
+  execFileSync(join(REPO, 'bin', 'liveup'), ['build', '--profile', join(dir, 'profile', 'profile.json'), '--out', gendir, ...agentArgs], {
     stdio: ['ignore', 'inherit', 'inherit'],
     timeout: 15 * 60_000,
   });

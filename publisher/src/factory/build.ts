@@ -6,7 +6,7 @@
  * undone in `finally` (and on SIGINT/SIGTERM through withInterrupts).
  */
 import { createHash } from 'node:crypto';
-import { chmod, copyFile, lstat, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, lstat, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { LiveupError, isLiveupError } from '../../../agent/src/channel/errors.js';
 import { run } from '../exec.js';
@@ -16,6 +16,7 @@ import {
   DEFAULT_CMDLINE, bootKernel, cleanImage, copyBootFiles, disableKexecLoad, dpkgCompare, hostResolver, linkPersistent,
   removeStaleTemps, squash, writePackagesJson, writeSources,
 } from './image.js';
+import { agentDeb } from './agentdeb.js';
 import { basePackages, loadProfile, type PackageSpec, type Profile } from './profile.js';
 
 export const DEFAULT_CACHE = '/var/cache/liveup/factory';
@@ -27,6 +28,8 @@ export interface BuildOptions {
   /** Replace an existing GENDIR (only once the new one is complete). */
   readonly force?: boolean;
   readonly log?: (line: string) => void;
+  /** The liveup-agent .deb to install (profile `agent`); default: found by factory/agentdeb.ts. */
+  readonly agentDeb?: string;
 }
 
 export interface BuildResult {
@@ -86,10 +89,13 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
         const pins = await resolveVersions(ch, profile.packages, log);
         await mkdir(ch.path('tmp/liveup-debs'), { recursive: true });
         const debs: string[] = [];
-        for (const d of profile.debs) {
+        const extra = [...profile.debs];
+        if (profile.agent) extra.push(await agentDeb({ explicit: opts.agentDeb, architecture: profile.architecture, cacheDir: cache, log }));
+        for (const d of extra) {
           await copyFile(d, ch.path(`tmp/liveup-debs/${basename(d)}`));
           debs.push(`/tmp/liveup-debs/${basename(d)}`);
         }
+        await rm(join(cache, 'agent-deb', String(process.pid)), { recursive: true, force: true });
         // Recommends are left out: an image holds what the profile names (docs/factory.md).
         await ch.apt(['install', '--no-install-recommends', ...basePackages(profile.machine), ...pins, ...debs]);
         const installed = await ch.installed();
@@ -97,6 +103,11 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
           const v = installed.get(p.name);
           if (!v) throw new LiveupError('BUILD_FAILED', `package ${p.name} is not installed after apt-get install`);
           resolved[p.name] = v;
+        }
+        if (profile.agent) {
+          const v = installed.get('liveup-agent');
+          if (!v) throw new LiveupError('BUILD_FAILED', 'liveup-agent is not installed after apt-get install');
+          resolved['liveup-agent'] = v;
         }
         if (await disableKexecLoad(ch)) log('kexec-tools found: LOAD_KEXEC=false (the agent loads kexec itself)');
       });

@@ -74,6 +74,8 @@ export interface Profile {
   readonly hooks: readonly string[];
   readonly compression: Compression;
   readonly factory: boolean;
+  /** Install the liveup agent (.deb) so the generation can update itself (default true). */
+  readonly agent: boolean;
   /** Directory of the profile file; relative paths were resolved against it. */
   readonly baseDir: string;
 }
@@ -140,7 +142,7 @@ export function parseProfile(text: string, file: string, baseDir: string = dirna
   const r: Reader = new Reader(file, 'PROFILE_INVALID');
   const o = r.object(isYamlFile(file) ? parseYamlProfile(text, file) : parseJson(text, file, 'PROFILE_INVALID'), '', [
     'format', 'name', 'version', 'suite', 'architecture', 'sources', 'insecureNoCheckGpg', 'machine',
-    'packages', 'debs', 'persistent', 'hooks', 'compression', 'factory', 'description',
+    'packages', 'debs', 'persistent', 'hooks', 'compression', 'factory', 'agent', 'description',
   ]);
   const format = r.int(o, 'format', '', { min: 1 });
   if (format !== PROFILE_FORMAT) r.fail('format', `profile format ${format} is not supported (this liveup reads ${PROFILE_FORMAT})`);
@@ -224,6 +226,7 @@ export function parseProfile(text: string, file: string, baseDir: string = dirna
   return {
     format, name, version, suite, architecture, sources, insecureNoCheckGpg, machine, packages, debs, persistent, hooks, compression,
     factory: r.optBool(o, 'factory', '') ?? false,
+    agent: r.optBool(o, 'agent', '') ?? true,
     baseDir,
   };
 }
