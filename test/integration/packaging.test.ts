@@ -94,9 +94,10 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
     if (out) await rm(out, { recursive: true, force: true });
   });
 
-  it('prints the paths of liveup-agent_<version>_amd64.deb and liveup-publisher_<version>_all.deb', () => {
+  it('prints the paths of liveup-agent_<version>_amd64.deb and liveup-publisher_<version>_amd64.deb', () => {
     expect(basename(agentDeb)).toBe('liveup-agent_0.1.0~test1_amd64.deb');
-    expect(basename(publisherDeb)).toBe('liveup-publisher_0.1.0~test1_all.deb');
+    // amd64: the fleet endpoint (liveup fleet serve) stores in SQLite through better-sqlite3's addon.
+    expect(basename(publisherDeb)).toBe('liveup-publisher_0.1.0~test1_amd64.deb');
     expect(existsSync(agentDeb) && existsSync(publisherDeb)).toBe(true);
   });
 
@@ -160,14 +161,15 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
     expect(tmpl).toMatchObject({ channel: expect.any(String), keyring: '/etc/liveup/keyring.asc' });
   });
 
-  it('liveup-publisher holds the liveup command and no native code', async () => {
+  it('liveup-publisher holds the liveup command, the fleet endpoint\'s SQLite addon, and the agent .deb the factory installs', async () => {
     const list = (await run('dpkg-deb', ['-c', publisherDeb])).stdout;
     expect(list).toMatch(/\.\/usr\/bin\/liveup -> \.\.\/lib\/liveup-publisher\/bin\/liveup/);
     expect(list).toMatch(/\.\/usr\/lib\/liveup-publisher\/dist\/publisher\/src\/cli\.js/);
     expect(list).toMatch(/\.\/usr\/lib\/liveup-publisher\/node_modules\/openpgp\//);
-    expect(list).not.toMatch(/\.node$/m);
+    expect(list).toMatch(/\.\/usr\/lib\/liveup-publisher\/node_modules\/better-sqlite3\/build\/Release\/better_sqlite3\.node$/m);
+    expect(list).toMatch(new RegExp(`\\./usr/share/liveup/${basename(agentDeb).replace(/[.~+]/g, '\\$&')}$`, 'm'));
     const info = (await run('dpkg-deb', ['-f', publisherDeb, 'Architecture', 'Depends'])).stdout;
-    expect(info).toMatch(/Architecture: all/);
+    expect(info).toMatch(/Architecture: amd64/);
     expect(info).toMatch(/Depends: nodejs \(>= 20\.19~\)/);
     for (const d of ['debootstrap', 'squashfs-tools', 'zstd']) expect(info).toContain(d);
   });
