@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): set-up, type check, then every test tier
-# that this machine can run. VM tests (QEMU boots) run with LIVEUP_VM_TESTS=1.
+# The test command (README, .ci/run): set-up, type check, the unit and
+# integration tiers, then the VM suite (QEMU boots of real generations, one VM
+# at a time, ~20 min warm; LIVEUP_VM_TESTS=0 skips it). Arguments go to the
+# first vitest run only (and skip the VM suite): `./scripts/test.sh test/unit`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+VM=${LIVEUP_VM_TESTS:-1}
+LIVEUP_SETUP_VM=$VM ./scripts/setup.sh
 echo "==> type check (strict, tests included)" >&2
 npx tsc -p tsconfig.json --noEmit
-echo "==> vitest" >&2
-npx vitest run "$@"
+echo "==> vitest: unit and integration" >&2
+# The VM files skip themselves here; they run below, one file at a time.
+env -u LIVEUP_VM_TESTS npx vitest run "$@"
+if [ "$VM" = 1 ] && [ $# -eq 0 ]; then
+  echo "==> vitest: VM suite (QEMU TCG)" >&2
+  LIVEUP_VM_TESTS=1 npx vitest run test/vm --fileParallelism=false
+fi

@@ -19,8 +19,8 @@ const RUN = process.env.LIVEUP_VM_TESTS === '1';
 const vms: Vm[] = [];
 afterAll(async () => { for (const v of vms) await v.stop(); });
 
-function prepare(): { gendir: string; kernelVersion: string; cmdline: string; work: string } {
-  const gen = buildTestGeneration((s) => console.log(s));
+async function prepare(): Promise<{ gendir: string; kernelVersion: string; cmdline: string; work: string }> {
+  const gen = await buildTestGeneration((s) => console.log(s));
   const meta = JSON.parse(readFileSync(join(gen.gendir, 'generation.json'), 'utf8')) as { kernel: { version: string; cmdline: string } };
   const work = join(VM_CACHE, 'runs', `${Date.now()}`);
   mkdirSync(work, { recursive: true });
@@ -31,7 +31,7 @@ function prepare(): { gendir: string; kernelVersion: string; cmdline: string; wo
 
 describe.skipIf(!RUN)('VM: boot a generation from GRUB', () => {
   test('generation 1 boots, its squashfs verified, and /run/liveup/booted says 1', async () => {
-    const p = prepare();
+    const p = await prepare();
     const image = join(p.work, 'disk.img');
     assembleDisk({
       image, sizeMiB: 768, defaultVersion: 1,
@@ -48,7 +48,7 @@ describe.skipIf(!RUN)('VM: boot a generation from GRUB', () => {
   }, 15 * 60_000);
 
   test('a tampered squashfs on trial is refused in the initramfs; GRUB then boots the last good', async () => {
-    const p = prepare();
+    const p = await prepare();
     const image = join(p.work, 'disk.img');
     const g = { gendir: p.gendir, name: 'vmtest', kernelVersion: p.kernelVersion, cmdline: p.cmdline };
     assembleDisk({

@@ -10,7 +10,26 @@
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
+
+/**
+ * Run a command without blocking the test worker (a synchronous minutes-long
+ * build starves vitest's worker RPC): stdout is returned, stderr shown.
+ */
+export function runAsync(cmd: string, args: readonly string[], opts: { timeoutMs?: number } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, [...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => { out += d.toString(); process.stdout.write(d); });
+    const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGTERM'), opts.timeoutMs) : null;
+    child.on('error', reject);
+    child.on('close', (code, sig) => {
+      if (timer) clearTimeout(timer);
+      if (code === 0) resolve(out);
+      else reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? sig})`));
+    });
+  });
+}
 
 export const REPO = resolve(import.meta.dirname, '../..');
 export const VM_CACHE = process.env.LIVEUP_VM_CACHE ?? '/var/cache/liveup/vm';
@@ -127,7 +146,7 @@ export interface BuiltGeneration {
  * Build (or reuse) the test generation; with `agent`, one carrying the real
  * agent (.deb, config, pinned key). Returns its GENDIR.
  */
-export function buildTestGeneration(log: (s: string) => void = () => {}, agent?: AgentSetup): BuiltGeneration {
+export async function buildTestGeneration(log: (s: string) => void = () => {}, agent?: AgentSetup): Promise<BuiltGeneration> {
   const profile = testProfile(agent);
   const hook = hookScript(agent);
   const h = createHash('sha256').update(JSON.stringify(profile)).update('\0').update(hook);
@@ -144,10 +163,7 @@ export function buildTestGeneration(log: (s: string) => void = () => {}, agent?:
   if (agent) copyFileSync(agent.deb, join(dir, 'profile', 'liveup-agent.deb'));
   const agentArgs = agent ? ['--agent-deb', join(dir, 'profile', 'liveup-agent.deb')] : [];
   log(`building test generation ${hash} in ${gendir}`);
-  execFileSync(join(REPO, 'bin', 'liveup'), ['build', '--profile', join(dir, 'profile', 'profile.json'), '--out', gendir, ...agentArgs], {
-    stdio: ['ignore', 'inherit', 'inherit'],
-    timeout: 15 * 60_000,
-  });
+  await runAsync(join(REPO, 'bin', 'liveup'), ['build', '--profile', join(dir, 'profile', 'profile.json'), '--out', gendir, ...agentArgs], { timeoutMs: 20 * 60_000 });
   writeFileSync(join(dir, 'done'), new Date().toISOString() + '\n');
   return { gendir, hash, cached: false };
 }

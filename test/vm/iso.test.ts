@@ -7,8 +7,7 @@
 import { describe, expect, test, afterAll } from 'vitest';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { execFileSync } from 'node:child_process';
-import { buildTestGeneration, MARKER, REPO, VM_CACHE } from './generation.js';
+import { buildTestGeneration, MARKER, REPO, runAsync, VM_CACHE } from './generation.js';
 import { bootVm, type Vm } from './qemu.js';
 
 const RUN = process.env.LIVEUP_VM_TESTS === '1';
@@ -18,19 +17,19 @@ afterAll(async () => { for (const v of vms) await v.stop(); });
 describe.skipIf(!RUN)('VM: liveup iso boots with BIOS and UEFI', () => {
   let iso = '';
   let work = '';
-  const prepare = (): void => {
+  const prepare = async (): Promise<void> => {
     if (iso) return;
-    const gen = buildTestGeneration((s) => console.log(s));
+    const gen = await buildTestGeneration((s) => console.log(s));
     work = join(VM_CACHE, 'runs', `iso-${Date.now()}`);
     mkdirSync(work, { recursive: true });
     iso = join(work, 'gen.iso');
     // As a user runs it; --version 5 shows the number on the medium is the one booted.
-    execFileSync(join(REPO, 'bin', 'liveup'), ['iso', '--gendir', gen.gendir, '--out', iso, '--serial', '--version', '5'], { stdio: 'inherit' });
+    await runAsync(join(REPO, 'bin', 'liveup'), ['iso', '--gendir', gen.gendir, '--out', iso, '--serial', '--version', '5']);
   };
 
   for (const firmware of ['bios', 'uefi'] as const) {
     test(`${firmware}: GRUB from the ISO boots generation 5 to multi-user`, async () => {
-      prepare();
+      await prepare();
       const log = join(work, `console-${firmware}.log`);
       const vm = bootVm({ cdrom: iso, uefi: firmware === 'uefi', consoleLog: log });
       vms.push(vm);

@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildTestGeneration, MARKER, REPO, VM_CACHE } from './generation.js';
+import { buildTestGeneration, MARKER, REPO, runAsync, VM_CACHE } from './generation.js';
 import { assembleDisk } from './disk.js';
 import { bootVm, type Vm } from './qemu.js';
 
@@ -33,15 +33,15 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
   let gen2 = '';
   const log = (s: string) => console.log(s);
 
-  beforeAll(() => {
+  beforeAll(async () => {
     // The agent as shipped: packaging/build's .deb (dist/ is built by the test command).
     const debDir = join(VM_CACHE, 'debs');
     mkdirSync(debDir, { recursive: true });
-    const deb = execFileSync(join(REPO, 'packaging', 'build'), ['--only', 'agent', '--no-tsc', '--out', debDir], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim().split('\n').pop()!;
+    const deb = (await runAsync(join(REPO, 'packaging', 'build'), ['--only', 'agent', '--no-tsc', '--out', debDir])).trim().split('\n').pop()!;
     // One signing key for the cached generations (their keyring is baked in).
     const keys = join(VM_CACHE, 'keys');
-    if (!existsSync(join(keys, 'vm.pub.asc'))) execFileSync(liveup, ['key', 'generate', '--out', keys, '--name', 'vm'], { stdio: 'inherit' });
-    const built = buildTestGeneration(log, { deb, keyringAsc: join(keys, 'vm.pub.asc'), channelUrl: `http://10.0.2.2:${PORT}/` });
+    if (!existsSync(join(keys, 'vm.pub.asc'))) await runAsync(liveup, ['key', 'generate', '--out', keys, '--name', 'vm']);
+    const built = await buildTestGeneration(log, { deb, keyringAsc: join(keys, 'vm.pub.asc'), channelUrl: `http://10.0.2.2:${PORT}/` });
     gen1 = built.gendir;
     gen2 = join(VM_CACHE, built.hash, 'gen2-hello');
     work = join(VM_CACHE, 'runs', `live-${Date.now()}`);
@@ -50,14 +50,14 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     // The kernel command line every generation boots with, from GRUB or kexec: the serial console
     // (systemd then starts a getty there, which drives the test) and a reboot on panic.
     const cmdline = 'boot=live components console=ttyS0,115200 panic=5';
-    const publish = (g: string) => execFileSync(liveup, ['publish', '--repo', repo, '--channel', 'stable', '--key', join(keys, 'vm.key.asc'), '--cmdline', cmdline, g], { stdio: 'inherit' });
-    publish(gen1);
+    const publish = (g: string) => runAsync(liveup, ['publish', '--repo', repo, '--channel', 'stable', '--key', join(keys, 'vm.key.asc'), '--cmdline', cmdline, g]);
+    await publish(gen1);
     // Derived from the published generation 1 (so its parent is 1); cached with generation 1.
     if (!existsSync(join(gen2, 'generation.json'))) {
       log('deriving generation 2 (+hello)');
-      execFileSync(liveup, ['derive', '--from', repo, '--channel', 'stable', '--keyring', join(keys, 'vm.pub.asc'), '--install', 'hello', '--out', gen2], { stdio: 'inherit', timeout: 15 * 60_000 });
+      await runAsync(liveup, ['derive', '--from', repo, '--channel', 'stable', '--keyring', join(keys, 'vm.pub.asc'), '--install', 'hello', '--out', gen2], { timeoutMs: 15 * 60_000 });
     }
-    publish(gen2);
+    await publish(gen2);
     image = join(work, 'disk.img');
     const meta = JSON.parse(readFileSync(join(gen1, 'generation.json'), 'utf8')) as { kernel: { version: string } };
     assembleDisk({
