@@ -777,10 +777,19 @@ export class Agent implements AgentApi {
       throw err;
     }
     this.#setState('staged');
+    if (opts.now) {
+      // An operator's explicit order: no window, no fleet slot (a rollback is how a bad rollout is stopped).
+      if (this.#config.liveRoot !== '/') {
+        throw new LiveupError('INVALID_ARGUMENT', `generation ${target.version} boots next, but --now reboots only a machine (liveRoot is ${this.#config.liveRoot})`);
+      }
+      const actions = this.deps.actions ?? THIS_MACHINE;
+      await this.#step('reboot', target.version, () => actions.reboot(), () => `reboot into ${target.version} (rollback --now)`);
+      return { version: target.version, outcome: 'reboot-scheduled', message: `rebooting into generation ${target.version} now` };
+    }
     return {
       version: target.version,
       outcome: 'rollback-staged',
-      message: `generation ${target.version} boots next` + (opts.now ? ' (an immediate reboot is not available yet: reboot to switch)' : '; reboot to switch'),
+      message: `generation ${target.version} boots next; reboot to switch (or agentctl rollback --now)`,
     };
   }
 
