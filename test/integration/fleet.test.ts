@@ -6,14 +6,14 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cp, mkdir, writeFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmp } from '../helpers/tmp.js';
 import { makeGendir, makeKey } from '../helpers/fixtures.js';
 import { startPrivateBus } from '../helpers/dbus.js';
+import { agentWorld } from '../helpers/machine.js';
 import { bin, collect, runCli } from '../helpers/cli.js';
 import { publish } from '../../publisher/src/publish.js';
-import { serve } from '../../publisher/src/serve.js';
 import { FleetStore } from '../../fleet/src/store.js';
 import { serveFleet, type RunningFleetServer } from '../../fleet/src/server.js';
 import { postJson } from '../../agent/src/adapters/fleet.js';
@@ -118,27 +118,13 @@ describe('agent → fleet: reports are never lost, never stored twice', () => {
     const repo = join(dir, 'repo');
     await publish({ repo, channel: 'stable', gendir: await makeGendir(join(dir, 'g1')), keys: [key.priv], indexTtlMs: 86400e3, manifestTtlMs: 86400e3 });
     await publish({ repo, channel: 'stable', gendir: await makeGendir(join(dir, 'g2'), { marker: 'two' }), keys: [key.priv], indexTtlMs: 86400e3, manifestTtlMs: 86400e3 });
-    const boot = join(dir, 'boot');
-    await mkdir(join(boot, 'live'), { recursive: true });
-    await cp(join(repo, 'generations', '1'), join(boot, 'live', '1'), { recursive: true });
-    const runDir = join(dir, 'run');
-    await mkdir(runDir);
-    await writeFile(join(runDir, 'booted'), '1\n');
     await writeFile(join(dir, 'machine-id'), `${ID(42)}\n`);
-    const bus = await startPrivateBus();
-    cleanups.push(() => bus.stop());
-    const channel = await serve({ root: repo, host: '127.0.0.1', port: 0 });
-    cleanups.push(() => channel.close());
-    await writeFile(join(dir, 'agent.json'), JSON.stringify({
-      channel: 'stable', mirrors: [channel.url], keyring: key.pubPath, architecture: 'amd64', schedule: '0 0 1 1 *', jitterSeconds: 0,
-      bootDir: boot, stateDir: join(dir, 'state'), dbus: bus.address,
-      fetch: { deadlineSeconds: 60, minBytesPerSecond: 0, retries: 0, backoffSeconds: 1 },
-    }));
+    const { runDir, bus } = await agentWorld(dir, repo, key.pubPath, cleanups);
     // As an administrator enrolls a machine (the drop-in names a machine-id file for the test).
     const enroll = await runCli('agentctl', ['enroll', fleetUrl, '--token', fleetToken, '--group', 'web', '--config-dir', join(dir, 'agent.d'), '--token-file', join(dir, 'fleet.token')]);
     expect(enroll.code, enroll.stderr).toBe(0);
-    const dropIn = JSON.parse(await import('node:fs/promises').then((f) => f.readFile(join(dir, 'agent.d', '50-fleet.json'), 'utf8'))) as { fleet: Record<string, unknown> };
-    expect((await import('node:fs/promises').then((f) => f.stat(join(dir, 'fleet.token')))).mode & 0o777).toBe(0o600);
+    const dropIn = JSON.parse(await readFile(join(dir, 'agent.d', '50-fleet.json'), 'utf8')) as { fleet: Record<string, unknown> };
+    expect((await stat(join(dir, 'fleet.token'))).mode & 0o777).toBe(0o600);
     await writeFile(join(dir, 'agent.d', '50-fleet.json'), JSON.stringify({ fleet: { ...dropIn.fleet, machineIdFile: join(dir, 'machine-id') } }));
     let daemon: ChildProcess | null = null;
     const m = {

@@ -13,15 +13,15 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { chmod, cp, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { tmpdir } from 'node:os';
 import { tmp } from '../helpers/tmp.js';
 import { makeKey } from '../helpers/fixtures.js';
-import { startPrivateBus } from '../helpers/dbus.js';
+import { agentWorld } from '../helpers/machine.js';
 import { bin, collect } from '../helpers/cli.js';
 import { baseTarball } from '../helpers/trixie.js';
 import { publish } from '../../publisher/src/publish.js';
-import { serve } from '../../publisher/src/serve.js';
 
 const skip = process.getuid?.() !== 0;
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -96,15 +96,12 @@ async function machine(dir: string, gens: string[]): Promise<LiveMachine> {
   const key = await makeKey(join(dir, 'keys'));
   const repo = join(dir, 'repo');
   for (const g of gens) await publish({ repo, channel: 'stable', gendir: g, keys: [key.priv], indexTtlMs: 86400e3, manifestTtlMs: 86400e3 });
-  const boot = join(dir, 'boot');
-  await mkdir(join(boot, 'live'), { recursive: true });
-  await cp(join(repo, 'generations', '1'), join(boot, 'live', '1'), { recursive: true });
   // The running system: generation 1's squashfs under a tmpfs overlay, as live-boot mounts it.
   const lower = join(dir, 'lower');
   const rw = join(dir, 'rw');
   const root = join(dir, 'root');
   for (const d of [lower, rw, root]) await mkdir(d);
-  execFileSync('mount', ['-t', 'squashfs', '-o', 'loop,ro', join(boot, 'live', '1', 'filesystem.squashfs'), lower]);
+  execFileSync('mount', ['-t', 'squashfs', '-o', 'loop,ro', join(repo, 'generations', '1', 'filesystem.squashfs'), lower]);
   cleanups.push(() => void execFileSync('umount', ['-l', lower]));
   execFileSync('mount', ['-t', 'tmpfs', 'liveup-test-rw', rw]);
   cleanups.push(() => void execFileSync('umount', ['-l', rw]));
@@ -113,20 +110,7 @@ async function machine(dir: string, gens: string[]): Promise<LiveMachine> {
   execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${rw}/upper,workdir=${rw}/work`, root]);
   cleanups.push(() => void execFileSync('umount', ['-l', root]));
 
-  const runDir = join(dir, 'run');
-  await mkdir(runDir);
-  await writeFile(join(runDir, 'booted'), '1\n');
-  const bus = await startPrivateBus();
-  cleanups.push(() => bus.stop());
-  const server = await serve({ root: repo, host: '127.0.0.1', port: 0 });
-  cleanups.push(() => server.close());
-  const state = join(dir, 'state');
-  const configFile = join(dir, 'agent.json');
-  await writeFile(configFile, JSON.stringify({
-    channel: 'stable', mirrors: [server.url], keyring: key.pubPath, architecture: 'amd64', schedule: '0 0 1 1 *', jitterSeconds: 0,
-    bootDir: boot, stateDir: state, dbus: bus.address, liveRoot: root,
-    fetch: { deadlineSeconds: 120, minBytesPerSecond: 0, retries: 1, backoffSeconds: 1 },
-  }));
+  const { boot, runDir, state, configFile, bus } = await agentWorld(dir, repo, key.pubPath, cleanups, { liveRoot: root });
   let daemon: ChildProcess | null = null;
   const m: LiveMachine = {
     root, boot, state,
@@ -160,7 +144,7 @@ describe.skipIf(skip)('live replay onto a running overlay (real dpkg)', () => {
 
   beforeAll(async () => {
     base = await baseTarball();
-    const dir = join(await import('node:os').then((o) => o.tmpdir()), `liveup-debs-${process.pid}`);
+    const dir = join(tmpdir(), `liveup-debs-${process.pid}`);
     await mkdir(dir, { recursive: true });
     const pkgs: Pkg[] = [
       { name: 'demo-a', version: '1.0', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 1.0\n'] },
@@ -169,7 +153,7 @@ describe.skipIf(skip)('live replay onto a running overlay (real dpkg)', () => {
       { name: 'demo-c', version: '1.0', depends: 'demo-a (>= 2.0)', file: ['usr/bin/demo-c', '#!/bin/sh\necho c\n'] },
       { name: 'demo-d', version: '1.0', file: ['usr/bin/demo-d', '#!/bin/sh\necho d\n'] },
       { name: 'demo-conflict', version: '1.0', conflicts: 'demo-a', file: ['usr/bin/demo-conflict', '#!/bin/sh\n'] },
-      { name: 'demo-slow', version: '1.0', postinst: 'sleep 4; echo configured > /var/lib/demo-slow', file: ['usr/bin/demo-slow', '#!/bin/sh\n'] },
+      { name: 'demo-slow', version: '1.0', postinst: 'touch /var/lib/demo-slow.started; sleep 4; echo configured > /var/lib/demo-slow', file: ['usr/bin/demo-slow', '#!/bin/sh\n'] },
     ];
     debs = {};
     for (const p of pkgs) debs[`${p.name}_${p.version}`] = await buildDeb(dir, p);
@@ -259,11 +243,9 @@ describe.skipIf(skip)('live replay onto a running overlay (real dpkg)', () => {
     const m = await machine(dir, [g1, g2]);
 
     const update = m.ctl(['update', '--apply-live']);
-    // Wait until dpkg runs demo-slow's postinst (it sleeps), then kill the agent's whole unit.
-    for (let i = 0; i < 300; i++) {
-      if (execFileSync('ps', ['-eo', 'args']).toString().includes('sleep 4')) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    // Wait until dpkg runs demo-slow's postinst in this machine's root (it then sleeps), and kill the agent's whole unit.
+    for (let i = 0; i < 600 && !existsSync(join(m.root, 'var/lib/demo-slow.started')); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(existsSync(join(m.root, 'var/lib/demo-slow.started'))).toBe(true);
     await m.kill();
     expect((await update).code).not.toBe(0);
     expect(execFileSync('dpkg', ['--root', m.root, '--audit']).toString()).toMatch(/demo-slow/);
