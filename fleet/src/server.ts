@@ -16,7 +16,7 @@
 import http from 'node:http';
 import { LiveupError, toLiveupError } from '../../agent/src/channel/errors.js';
 import { Reader } from '../../agent/src/util/validate.js';
-import { MAX_REPORT_BYTES, parseReport } from './report.js';
+import { MAX_REPORT_BYTES, parseReport, type FleetReport } from './report.js';
 import type { FleetStore } from './store.js';
 import { DASHBOARD_HTML } from './dashboard.js';
 
@@ -94,6 +94,25 @@ export async function serveFleet(o: FleetServerOptions): Promise<RunningFleetSer
   const staleAfter = o.staleAfterMs ?? 8 * 3600e3;
   const slotsFor = (group: string): number => o.slots?.[group] ?? o.slots?.default ?? 1;
 
+  // Group commit: reports arriving while a commit runs go into the next one,
+  // so one fsync covers many; each is answered only after its commit.
+  let batch: { report: FleetReport; done: (r: 'stored' | 'duplicate' | Error) => void }[] = [];
+  const commit = (): void => {
+    const now_ = batch;
+    batch = [];
+    try {
+      const results = o.store.saveReports(now_.map((b) => b.report));
+      now_.forEach((b, i) => b.done(results[i]!));
+    } catch (e) {
+      for (const b of now_) b.done(e as Error);
+    }
+  };
+  const save = (report: FleetReport): Promise<'stored' | 'duplicate'> =>
+    new Promise((resolve, reject) => {
+      if (batch.length === 0) setImmediate(commit);
+      batch.push({ report, done: (r) => (r instanceof Error ? reject(r) : resolve(r)) });
+    });
+
   const authorize = (req: http.IncomingMessage): string => {
     const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
     if (!m) throw new HttpError(401, 'NOT_AUTHORIZED', 'missing "Authorization: Bearer <token>" (liveup fleet token create)');
@@ -121,7 +140,7 @@ export async function serveFleet(o: FleetServerOptions): Promise<RunningFleetSer
       } catch (e) {
         throw new HttpError(400, 'INVALID_ARGUMENT', toLiveupError(e).message);
       }
-      const outcome = o.store.saveReport(report);
+      const outcome = await save(report);
       return send(res, 200, { ok: true, machineId: report.machineId, seq: report.seq, duplicate: outcome === 'duplicate' });
     }
     if (route === 'GET /v1/machines') {

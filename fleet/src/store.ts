@@ -64,8 +64,23 @@ export interface TokenRow {
 
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
 
+/** Prepared once: the report path runs thousands of times a second (bench/fleet). */
+function reportQueries(db: Database.Database) {
+  return {
+    known: db.prepare<[string], { last_seq: number }>('SELECT last_seq FROM machines WHERE id = ?'),
+    newMachine: db.prepare('INSERT INTO machines (id, hostname, channel, first_seen, last_seen, last_seq, report) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+    report: db.prepare('INSERT OR IGNORE INTO reports (machine_id, seq, received_at, report) VALUES (?, ?, ?, ?)'),
+    advance: db.prepare('UPDATE machines SET hostname = ?, channel = ?, last_seen = ?, last_seq = ?, report = ? WHERE id = ?'),
+    seen: db.prepare('UPDATE machines SET last_seen = ? WHERE id = ?'),
+  };
+}
+
 export class FleetStore {
-  private constructor(private readonly db: Database.Database, private readonly now: () => Date) {}
+  private readonly q: ReturnType<typeof reportQueries>;
+
+  private constructor(private readonly db: Database.Database, private readonly now: () => Date) {
+    this.q = reportQueries(db);
+  }
 
   static open(path: string, now: () => Date = () => new Date()): FleetStore {
     let db: Database.Database;
@@ -102,24 +117,28 @@ export class FleetStore {
    * The machine's current view moves only forward in seq.
    */
   saveReport(r: FleetReport): 'stored' | 'duplicate' {
+    return this.saveReports([r])[0]!;
+  }
+
+  /**
+   * Several reports in one transaction — one fsync for all: the endpoint
+   * groups the reports that arrive while the previous commit is syncing
+   * (bench/fleet). Each is acknowledged only after this returns.
+   */
+  saveReports(reports: readonly FleetReport[]): ('stored' | 'duplicate')[] {
+    return this.db.transaction(() => reports.map((r) => this.saveOne(r)))();
+  }
+
+
+  private saveOne(r: FleetReport): 'stored' | 'duplicate' {
     const at = this.now().toISOString();
-    return this.db.transaction((): 'stored' | 'duplicate' => {
-      const body = JSON.stringify(r);
-      const known = this.db.prepare<[string], { last_seq: number }>('SELECT last_seq FROM machines WHERE id = ?').get(r.machineId);
-      if (!known) {
-        this.db.prepare('INSERT INTO machines (id, hostname, channel, first_seen, last_seen, last_seq, report) VALUES (?, ?, ?, ?, ?, ?, ?)')
-          .run(r.machineId, r.hostname, r.channel, at, at, r.seq, body);
-      }
-      const ins = this.db.prepare('INSERT OR IGNORE INTO reports (machine_id, seq, received_at, report) VALUES (?, ?, ?, ?)').run(r.machineId, r.seq, at, body);
-      if (ins.changes === 0) return 'duplicate';
-      if (known && r.seq > known.last_seq) {
-        this.db.prepare('UPDATE machines SET hostname = ?, channel = ?, last_seen = ?, last_seq = ?, report = ? WHERE id = ?')
-          .run(r.hostname, r.channel, at, r.seq, body, r.machineId);
-      } else if (known) {
-        this.db.prepare('UPDATE machines SET last_seen = ? WHERE id = ?').run(at, r.machineId);
-      }
-      return 'stored';
-    })();
+    const body = JSON.stringify(r);
+    const known = this.q.known.get(r.machineId);
+    if (!known) this.q.newMachine.run(r.machineId, r.hostname, r.channel, at, at, r.seq, body);
+    if (this.q.report.run(r.machineId, r.seq, at, body).changes === 0) return 'duplicate';
+    if (known && r.seq > known.last_seq) this.q.advance.run(r.hostname, r.channel, at, r.seq, body, r.machineId);
+    else if (known) this.q.seen.run(at, r.machineId);
+    return 'stored';
   }
 
   machines(): MachineRow[] {
