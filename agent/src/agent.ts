@@ -32,6 +32,7 @@ import type { Logger } from './util/log.js';
 import { AGENT_VERSION } from './version.js';
 import { decide, type Decision, type PendingGeneration } from './core/decide.js';
 import { windowState } from './core/window.js';
+import { rolloutTurn } from './core/rollout.js';
 import type { RebootStrategy } from './config.js';
 import { liveApply, needsReboot, recoverInterruptedApply, runningVersion } from './liveapply.js';
 import { createDpkg } from './adapters/dpkg.js';
@@ -344,15 +345,24 @@ export class Agent implements AgentApi {
       const current = await this.#current();
       const arch = this.#config.architecture;
       const hold = opts.honourHold ? this.#journal.getSetting('rollback-hold') : null;
+      // A staged rollout holds its version back until this machine's turn (an explicit version is an order).
+      const rollout = index.index.rollout;
+      let heldBack: string | null = null;
+      if (rollout && opts.version === undefined) {
+        const machineId = (await readFile(this.#config.machineIdFile, 'utf8').catch(() => '')).trim();
+        const turn = rolloutTurn(rollout, machineId || 'unknown-machine', rollout.version, now);
+        if (!turn.allowed) heldBack = turn.reason;
+      }
       const versions = index.index.generations
         .filter((g) => hold === null || g.version > Number(hold))
+        .filter((g) => heldBack === null || g.version !== rollout!.version)
         .map((g) => ({ version: g.version, architecture: g.architecture }));
       const steps = planUpdate(current, { versions }, { keep: this.#config.keep, architecture: arch }, opts.version !== undefined ? { version: opts.version } : {});
       const available = index.index.generations.filter((g) => g.architecture === arch).map((g) => g.version);
       const availableVersion = available.length ? Math.max(...available) : null;
       const first = steps[0]!;
       let target: Target | null = null;
-      let reason = first.kind === 'none' ? first.reason : '';
+      let reason = first.kind === 'none' ? (heldBack ?? first.reason) : '';
       const fetchStep = steps.find((s) => s.kind === 'fetch');
       const menuStep = steps.find((s) => s.kind === 'write-menu');
       if (fetchStep && fetchStep.kind === 'fetch') {
@@ -610,7 +620,7 @@ export class Agent implements AgentApi {
     const actions = this.deps.actions ?? THIS_MACHINE;
     // A reboot slot from the fleet first (FleetLock), held until this generation's boot check passes.
     if (this.#config.fleet && this.deps.reporter) {
-      const machineId = (await readFile(this.#config.fleet.machineIdFile, 'utf8').catch(() => '')).trim();
+      const machineId = (await readFile(this.#config.machineIdFile, 'utf8').catch(() => '')).trim();
       const slot = await this.deps.reporter.preReboot(machineId);
       if (!slot.granted) {
         const until = new Date(this.#now().getTime() + 15 * 60_000);
@@ -900,7 +910,7 @@ export class Agent implements AgentApi {
   async reportBody(): Promise<JsonObject> {
     const s = await this.getStatus();
     const f = this.#config.fleet;
-    const machineId = f ? (await readFile(f.machineIdFile, 'utf8').catch(() => '')).trim() : '';
+    const machineId = f ? (await readFile(this.#config.machineIdFile, 'utf8').catch(() => '')).trim() : '';
     const booted = s.bootedVersion === null ? null : this.#journal.getGeneration(s.bootedVersion);
     const lastFailed = this.#journal.history({ limit: 20 }).find((e) => e.status === 'failed');
     return {

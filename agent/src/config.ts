@@ -69,8 +69,6 @@ export interface FleetConfig {
   readonly group: string;
   /** A report is queued at least this often, besides every state change (default 60). */
   readonly reportIntervalMinutes: number;
-  /** Where the machine's id is read (default /etc/machine-id). */
-  readonly machineIdFile: string;
 }
 
 /** Limits of one artifact download; see the fetch adapter. */
@@ -134,6 +132,8 @@ export interface AgentConfig {
   readonly liveRoot: string;
   /** Absent: the machine reports nowhere and takes no fleet reboot slot. */
   readonly fleet?: FleetConfig;
+  /** Where the machine's id is read: fleet reports and rollout buckets (default /etc/machine-id). */
+  readonly machineIdFile: string;
 }
 
 export interface ConfigLocation {
@@ -152,7 +152,7 @@ export interface LoadedConfig {
 const TOP_KEYS = [
   'channel', 'mirrors', 'credentials', 'keyring', 'threshold', 'architecture', 'schedule', 'jitterSeconds',
   'maintenanceWindows', 'timeZone', 'rebootStrategy', 'keep', 'bootDir', 'stateDir', 'inboxDir',
-  'freeSpaceReserveMB', 'fetch', 'dbus', 'grubEditenv', 'liveRoot', 'fleet',
+  'freeSpaceReserveMB', 'fetch', 'dbus', 'grubEditenv', 'liveRoot', 'fleet', 'machineIdFile',
 ] as const;
 
 const DEFAULT_SCHEDULE = '0 */4 * * *';
@@ -359,7 +359,7 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
   const credentials = o.credentials === undefined ? undefined : resolveCredentials(r, r.object(o.credentials, 'credentials', CREDENTIAL_KEYS), absPath);
   let fleet: FleetConfig | undefined;
   if (o.fleet !== undefined) {
-    const f = r.object(o.fleet, 'fleet', ['url', 'tokenFile', 'group', 'reportIntervalMinutes', 'machineIdFile']);
+    const f = r.object(o.fleet, 'fleet', ['url', 'tokenFile', 'group', 'reportIntervalMinutes']);
     const url = r.string(f, 'url', 'fleet', { max: 2048 });
     let parsed: URL | null = null;
     try { parsed = new URL(url); } catch { /* below */ }
@@ -369,7 +369,6 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
       tokenFile: absPath(f, 'tokenFile', 'fleet'),
       group: r.optString(f, 'group', 'fleet', { pattern: /^[A-Za-z0-9._-]{1,64}$/, what: 'a group name' }) ?? 'default',
       reportIntervalMinutes: r.optInt(f, 'reportIntervalMinutes', 'fleet', { min: 1, max: 7 * 24 * 60 }) ?? 60,
-      machineIdFile: optAbsPath(f, 'machineIdFile', 'fleet') ?? '/etc/machine-id',
     };
   }
 
@@ -391,6 +390,7 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
     keep: int('keep', 3, 2, 100),
     bootDir: optAbsPath(o, 'bootDir', '') ?? '/run/liveup/boot',
     liveRoot: optAbsPath(o, 'liveRoot', '') ?? '/',
+    machineIdFile: optAbsPath(o, 'machineIdFile', '') ?? '/etc/machine-id',
     stateDir,
     inboxDir: optAbsPath(o, 'inboxDir', '') ?? joinPath(stateDir, 'inbox'),
     freeSpaceReserveMB: int('freeSpaceReserveMB', 64, 0),

@@ -12,7 +12,7 @@ import { FleetStore } from '../../fleet/src/store.js';
 import { serveFleet } from '../../fleet/src/server.js';
 import { derive, DEFAULT_REBOOT_PACKAGES } from './factory/derive.js';
 import { generateKey } from './key.js';
-import { publish } from './publish.js';
+import { changeRollout, publish, type RolloutChange } from './publish.js';
 import { listChannels } from './repo.js';
 import { serve } from './serve.js';
 import { verifyRepo } from './verify-repo.js';
@@ -69,9 +69,19 @@ const publishCmd: Command = {
     name: { type: 'string', description: 'generation name (default: from generation.json, else CHANNEL-VERSION)' },
     arch: { type: 'string', description: 'Debian architecture (default: from generation.json, else this host)' },
     cmdline: { type: 'string', description: 'kernel command line (default: from generation.json, else "boot=live components")' },
+    rollout: { type: 'string', description: 'roll out in waves: a share of machines ("10%") or all of them over a duration ("48h")', valueName: 'PERCENT%|DURATION' },
   },
   async run({ values, positionals, io, json }) {
     const keyPaths = stringList(values, 'key');
+    const rolloutText = optString(values, 'rollout');
+    let rollout: { percent: number } | { durationSeconds: number } | undefined;
+    if (rolloutText !== undefined) {
+      const pm = /^(\d{1,3})%$/.exec(rolloutText);
+      if (pm) {
+        if (Number(pm[1]) > 100) throw new LiveupError('INVALID_ARGUMENT', `--rollout ${rolloutText}: a share is 0% to 100%`);
+        rollout = { percent: Number(pm[1]) };
+      } else rollout = { durationSeconds: Math.round(parseDuration(rolloutText, '--rollout') / 1000) };
+    }
     if (keyPaths.length === 0) throw new LiveupError('INVALID_ARGUMENT', '--key is required');
     const keys = await Promise.all(keyPaths.map((p) => loadPrivateKey(p)));
     const r = await publish({
@@ -85,10 +95,48 @@ const publishCmd: Command = {
       name: optString(values, 'name'),
       architecture: optString(values, 'arch'),
       cmdline: optString(values, 'cmdline'),
+      ...(rollout ? { rollout } : {}),
       log: json ? undefined : (l) => io.out(l),
     });
     if (json) io.out(JSON.stringify({ ok: true, version: r.version, channel: r.channel, sequence: r.sequence, manifest: r.manifestPath }));
     else io.out(`published version ${r.version} (${r.manifest.name}) to channel ${r.channel}, index sequence ${r.sequence}`);
+    return EXIT.OK;
+  },
+};
+
+const rolloutCmd: Command = {
+  path: ['rollout'],
+  summary: 'steer the rollout of a channel\'s newest version: --percent N | --pause | --resume | --done',
+  usage: '--repo REPO --channel NAME --key PRIVATE.asc (--percent N | --pause | --resume | --done)',
+  description:
+    'Re-signs the channel index. A machine takes the version once the share passes its stable bucket (a hash of\n' +
+    'its machine id and the version), so the same machines go first however often this runs. --pause freezes the\n' +
+    'share reached (a timed rollout becomes that fixed share); --resume lifts the pause; --done lets every machine take it.',
+  options: {
+    repo: { type: 'string', description: 'channel repository directory', valueName: 'REPO' },
+    channel: { type: 'string', description: 'channel name', valueName: 'NAME' },
+    key: { type: 'string', multiple: true, description: 'armored private signing key', valueName: 'PRIVATE.asc' },
+    percent: { type: 'string', description: 'share of machines, 0 to 100', valueName: 'N' },
+    pause: { type: 'boolean', description: 'freeze the rollout where it is' },
+    resume: { type: 'boolean', description: 'continue a paused rollout' },
+    done: { type: 'boolean', description: 'end the rollout: every machine takes the version' },
+    expires: { type: 'string', description: 'how long the re-signed index stays valid', default: '30d', valueName: 'DURATION' },
+  },
+  async run({ values, io, json }) {
+    const keyPaths = stringList(values, 'key');
+    if (keyPaths.length === 0) throw new LiveupError('INVALID_ARGUMENT', '--key is required');
+    const percent = optInt(values, 'percent', { min: 0 });
+    const chosen = [percent !== undefined, values.pause === true, values.resume === true, values.done === true].filter(Boolean).length;
+    if (chosen !== 1) throw new LiveupError('INVALID_ARGUMENT', 'give exactly one of --percent N, --pause, --resume, --done');
+    const change: RolloutChange = percent !== undefined ? { percent } : values.pause ? { pause: true } : values.resume ? { resume: true } : { done: true };
+    const index = await changeRollout({
+      repo: requireString(values, 'repo'), channel: requireString(values, 'channel'),
+      keys: await Promise.all(keyPaths.map((p) => loadPrivateKey(p))), change,
+      indexTtlMs: parseDuration(optString(values, 'expires') ?? '30d', '--expires'),
+    });
+    const r = index.rollout;
+    if (json) io.out(JSON.stringify({ ok: true, sequence: index.sequence, rollout: r ?? null }));
+    else io.out(r ? `rollout of ${r.version}: ${r.percent ?? '?'}%${r.paused ? ' (paused)' : ''}; index sequence ${index.sequence}` : `rollout ended: every machine takes ${String(index.latest)}; index sequence ${index.sequence}`);
     return EXIT.OK;
   },
 };
@@ -449,7 +497,7 @@ const fleetToken: Command = {
   },
 };
 
-export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, isoCmd, fleetServe, fleetToken, publishCmd, verifyCmd, serveCmd, mirrorVerifyCmd, mirrorSyncCmd];
+export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, isoCmd, fleetServe, fleetToken, rolloutCmd, publishCmd, verifyCmd, serveCmd, mirrorVerifyCmd, mirrorSyncCmd];
 
 export const BLURB = 'liveup: build, sign and publish generations of live Debian systems.';
 

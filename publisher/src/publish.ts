@@ -11,11 +11,12 @@ import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type * as openpgp from 'openpgp';
 import { LiveupError } from '../../agent/src/channel/errors.js';
+import { rolloutPercent } from '../../agent/src/core/rollout.js';
 import { copyAndHash } from '../../agent/src/channel/hash.js';
 import { CHANNELS_DIR, GENERATIONS_DIR, INDEX_FILE, MANIFEST_FILE, SIG_SUFFIX, generationDir, manifestPath } from '../../agent/src/channel/layout.js';
 import {
   CHANNEL_RE, FORMAT_VERSION, parseIndex, parseManifest, serialize,
-  type Artifact, type ArtifactRole, type ChannelIndex, type IndexEntry, type Manifest, type PackageChange,
+  type Artifact, type ArtifactRole, type ChannelIndex, type IndexEntry, type Manifest, type PackageChange, type Rollout,
 } from '../../agent/src/channel/schema.js';
 import { signDetached, type PinnedKeyring } from '../../agent/src/channel/signature.js';
 import { fsyncDir, fsyncTree, symlinkAtomic } from '../../agent/src/util/fsatomic.js';
@@ -35,6 +36,8 @@ export interface PublishOptions {
   readonly name?: string;
   readonly architecture?: string;
   readonly cmdline?: string;
+  /** Roll the new version out in waves: a fixed share of machines, or growing to all over a duration. */
+  readonly rollout?: { readonly percent: number } | { readonly durationSeconds: number };
   readonly now?: Date;
   readonly log?: (line: string) => void;
   /** Test hook: called between steps, so a test can kill the process mid-publish. */
@@ -183,6 +186,8 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
     const index = await writeIndex(opts.repo, opts.channel, {
       previous: current,
       generations: [...(current?.generations ?? []), entry].sort((a, b) => a.version - b.version),
+      // A rollout names the newest version; publishing a newer one ends the previous rollout.
+      ...(opts.rollout ? { rollout: { version, start: now.toISOString(), paused: false, ...opts.rollout } } : {}),
       keys: opts.keys,
       now,
       ttlMs: opts.indexTtlMs,
@@ -204,6 +209,7 @@ export async function writeIndex(
   o: {
     previous: ChannelIndex | null;
     generations: readonly IndexEntry[];
+    rollout?: Rollout;
     keys: readonly openpgp.PrivateKey[];
     now: Date;
     ttlMs: number;
@@ -220,6 +226,7 @@ export async function writeIndex(
     expires: new Date(o.now.getTime() + o.ttlMs).toISOString(),
     latest: o.generations.length ? Math.max(...o.generations.map((g) => g.version)) : null,
     generations: o.generations,
+    ...(o.rollout ? { rollout: o.rollout } : {}),
   };
   const text = serialize(index);
   parseIndex(text, `index of channel ${channel}`);
@@ -241,4 +248,40 @@ export async function writeIndex(
   await symlinkAtomic(dirName, join(cdir, channel));
   await o.onStep?.('index-swapped');
   return index;
+}
+
+export type RolloutChange = { readonly percent: number } | { readonly pause: true } | { readonly resume: true } | { readonly done: true };
+
+/**
+ * Change the rollout of channel's newest version and re-sign the index:
+ * `percent` sets a fixed share, `pause` freezes the share reached (a timed
+ * rollout becomes that fixed percentage), `resume` lifts the pause, `done`
+ * ends it (every machine takes the version).
+ */
+export async function changeRollout(o: {
+  repo: string; channel: string; keys: readonly openpgp.PrivateKey[]; change: RolloutChange; indexTtlMs: number; now?: Date;
+}): Promise<ChannelIndex> {
+  const now = o.now ?? new Date();
+  const keyring = keyringOf(o.keys);
+  return withRepoLock(o.repo, async () => {
+    const current = await readCurrentIndex(o.repo, o.channel, keyring);
+    if (!current || current.latest === null) throw new LiveupError('NOT_FOUND', `channel ${o.channel} has no published generation in ${o.repo}`);
+    const latest = current.latest;
+    const existing = current.rollout?.version === latest ? current.rollout : undefined;
+    let rollout: Rollout | undefined;
+    const c = o.change;
+    if ('percent' in c) {
+      if (!Number.isInteger(c.percent) || c.percent < 0 || c.percent > 100) throw new LiveupError('INVALID_ARGUMENT', `--percent must be 0 to 100, got ${c.percent}`);
+      rollout = { version: latest, start: existing?.start ?? now.toISOString(), percent: c.percent, paused: false };
+    } else if ('done' in c) {
+      rollout = undefined;
+    } else {
+      if (!existing) throw new LiveupError('NOT_FOUND', `version ${latest} of channel ${o.channel} has no rollout to ${'pause' in c ? 'pause' : 'resume'}`);
+      const reached = Math.floor(rolloutPercent(existing, now));
+      rollout = { version: latest, start: existing.start, percent: existing.percent ?? reached, paused: 'pause' in c };
+    }
+    return writeIndex(o.repo, o.channel, {
+      previous: current, generations: current.generations, ...(rollout ? { rollout } : {}), keys: o.keys, now, ttlMs: o.indexTtlMs,
+    });
+  });
 }

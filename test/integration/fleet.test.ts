@@ -125,7 +125,8 @@ describe('agent → fleet: reports are never lost, never stored twice', () => {
     expect(enroll.code, enroll.stderr).toBe(0);
     const dropIn = JSON.parse(await readFile(join(dir, 'agent.d', '50-fleet.json'), 'utf8')) as { fleet: Record<string, unknown> };
     expect((await stat(join(dir, 'fleet.token'))).mode & 0o777).toBe(0o600);
-    await writeFile(join(dir, 'agent.d', '50-fleet.json'), JSON.stringify({ fleet: { ...dropIn.fleet, machineIdFile: join(dir, 'machine-id') } }));
+    expect(dropIn.fleet).toMatchObject({ group: 'web' });
+    await writeFile(join(dir, 'agent.d', '10-machine.json'), JSON.stringify({ machineIdFile: join(dir, 'machine-id') }));
     let daemon: ChildProcess | null = null;
     const m = {
       ctl: (args: string[]) => collect(spawn(bin('agentctl'), ['--bus', bus.address, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })),

@@ -71,6 +71,22 @@ export interface ChannelIndex {
   /** Highest published version in this channel, or null when it holds none. */
   readonly latest: number | null;
   readonly generations: readonly IndexEntry[];
+  /** A staged rollout of `version` (optional; absent: every machine takes every version). */
+  readonly rollout?: Rollout;
+}
+
+/**
+ * Waves: a machine takes `version` when its stable bucket (a hash of its id
+ * and the version, 0-100) is below the current percentage — `percent`, or
+ * growing linearly from 0 at `start` to 100 after `durationSeconds`. While
+ * `paused` the percentage stays where it is. See core/rollout.ts.
+ */
+export interface Rollout {
+  readonly version: number;
+  readonly start: string;
+  readonly percent?: number;
+  readonly durationSeconds?: number;
+  readonly paused: boolean;
 }
 
 export const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
@@ -163,7 +179,7 @@ export function parseIndex(bytes: Uint8Array | string, source = 'index.json'): C
   const r = new Reader(source, 'METADATA_INVALID');
   const text = typeof bytes === 'string' ? bytes : Buffer.from(bytes).toString('utf8');
   const o = r.object(parseJson(text, source, 'METADATA_INVALID'), '', [
-    'format', 'kind', 'channel', 'sequence', 'created', 'expires', 'latest', 'generations',
+    'format', 'kind', 'channel', 'sequence', 'created', 'expires', 'latest', 'generations', 'rollout',
   ]);
   r.int(o, 'format', '', { min: FORMAT_VERSION, max: FORMAT_VERSION });
   r.oneOf(o, 'kind', '', ['liveup-index'] as const);
@@ -183,6 +199,19 @@ export function parseIndex(bytes: Uint8Array | string, source = 'index.json'): C
   const latest = o.latest === null ? null : r.int(o, 'latest', '', { min: 1 });
   const max = versions.length ? Math.max(...versions) : null;
   if (latest !== max) r.fail('latest', `is ${String(latest)} but the highest listed version is ${String(max)}`);
+  let rollout: Rollout | undefined;
+  if (o.rollout !== undefined) {
+    const ro = r.object(o.rollout, 'rollout', ['version', 'start', 'percent', 'durationSeconds', 'paused']);
+    const percent = ro.percent === undefined ? undefined : r.int(ro, 'percent', 'rollout', { min: 0, max: 100 });
+    const durationSeconds = ro.durationSeconds === undefined ? undefined : r.int(ro, 'durationSeconds', 'rollout', { min: 1 });
+    if ((percent === undefined) === (durationSeconds === undefined)) r.fail('rollout', 'needs exactly one of "percent" and "durationSeconds"');
+    const version = r.int(ro, 'version', 'rollout', { min: 1 });
+    if (!versions.includes(version)) r.fail('rollout.version', `${version} is not listed in generations`);
+    rollout = {
+      version, start: r.timestamp(ro, 'start', 'rollout'), paused: r.bool(ro, 'paused', 'rollout'),
+      ...(percent !== undefined ? { percent } : {}), ...(durationSeconds !== undefined ? { durationSeconds } : {}),
+    };
+  }
   return {
     format: FORMAT_VERSION,
     kind: 'liveup-index',
@@ -192,6 +221,7 @@ export function parseIndex(bytes: Uint8Array | string, source = 'index.json'): C
     expires: r.timestamp(o, 'expires', ''),
     latest,
     generations,
+    ...(rollout ? { rollout } : {}),
   };
 }
 
