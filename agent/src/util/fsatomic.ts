@@ -34,6 +34,8 @@ export async function writeFileAtomic(
   const tmp = tempNameFor(path);
   const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, opts.mode ?? 0o644);
   try {
+    // A mode asked for is the mode the file gets, whatever the umask (a 0600 secret, a 0644 public file).
+    if (opts.mode !== undefined) await fh.chmod(opts.mode);
     await fh.writeFile(data);
     await fh.sync();
   } catch (e) {

@@ -4,18 +4,12 @@
  * drop-in naming it; the daemon picks the drop-in up by itself (chokidar).
  * Local files, not D-Bus: enrolling works before the daemon runs.
  */
-import { chmod, mkdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LiveupError } from '../../channel/errors.js';
 import { DEFAULT_DROP_IN_DIR } from '../../config.js';
+import { writeFileAtomic } from '../../util/fsatomic.js';
 import { EXIT, optString, requireString, type Command } from '../framework.js';
-
-async function writePrivate(path: string, text: string, mode: number): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  await writeFile(tmp, text, { mode });
-  await chmod(tmp, mode); // whatever the umask
-  await rename(tmp, path);
-}
 
 export const enrollCmd: Command = {
   path: ['enroll'],
@@ -40,9 +34,9 @@ export const enrollCmd: Command = {
     const dir = optString(values, 'config-dir') ?? DEFAULT_DROP_IN_DIR;
     const tokenFile = optString(values, 'token-file') ?? '/etc/liveup/fleet.token';
     await mkdir(dir, { recursive: true });
-    await writePrivate(tokenFile, `${token}\n`, 0o600);
+    await writeFileAtomic(tokenFile, `${token}\n`, { mode: 0o600 });
     const dropIn = join(dir, '50-fleet.json');
-    await writePrivate(dropIn, JSON.stringify({ fleet: { url, tokenFile, group } }, null, 2) + '\n', 0o644);
+    await writeFileAtomic(dropIn, JSON.stringify({ fleet: { url, tokenFile, group } }, null, 2) + '\n', { mode: 0o644 });
     io.out(json ? JSON.stringify({ ok: true, url, group, tokenFile, dropIn }) : `enrolled: reports go to ${url} (group ${group}); token in ${tokenFile}`);
     return EXIT.OK;
   },
