@@ -205,6 +205,11 @@ export class Agent implements AgentApi {
     return this.deps.host ?? THIS_HOST;
   }
 
+  /** /etc/machine-id (or the configured file), '' when unreadable: fleet reports, reboot slots, rollout buckets. */
+  async #machineId(): Promise<string> {
+    return (await readFile(this.#config.machineIdFile, 'utf8').catch(() => '')).trim();
+  }
+
   #dpkg() {
     return createDpkg({ root: this.#config.liveRoot });
   }
@@ -349,7 +354,7 @@ export class Agent implements AgentApi {
       const rollout = index.index.rollout;
       let heldBack: string | null = null;
       if (rollout && opts.version === undefined) {
-        const machineId = (await readFile(this.#config.machineIdFile, 'utf8').catch(() => '')).trim();
+        const machineId = await this.#machineId();
         const turn = rolloutTurn(rollout, machineId || 'unknown-machine', rollout.version, now);
         if (!turn.allowed) heldBack = turn.reason;
       }
@@ -620,7 +625,7 @@ export class Agent implements AgentApi {
     const actions = this.deps.actions ?? THIS_MACHINE;
     // A reboot slot from the fleet first (FleetLock), held until this generation's boot check passes.
     if (this.#config.fleet && this.deps.reporter) {
-      const machineId = (await readFile(this.#config.machineIdFile, 'utf8').catch(() => '')).trim();
+      const machineId = await this.#machineId();
       const slot = await this.deps.reporter.preReboot(machineId);
       if (!slot.granted) {
         const until = new Date(this.#now().getTime() + 15 * 60_000);
@@ -910,7 +915,7 @@ export class Agent implements AgentApi {
   async reportBody(): Promise<JsonObject> {
     const s = await this.getStatus();
     const f = this.#config.fleet;
-    const machineId = f ? (await readFile(this.#config.machineIdFile, 'utf8').catch(() => '')).trim() : '';
+    const machineId = f ? await this.#machineId() : '';
     const booted = s.bootedVersion === null ? null : this.#journal.getGeneration(s.bootedVersion);
     const lastFailed = this.#journal.history({ limit: 20 }).find((e) => e.status === 'failed');
     return {
