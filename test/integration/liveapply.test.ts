@@ -22,6 +22,7 @@ import { agentWorld } from '../helpers/machine.js';
 import { bin, collect } from '../helpers/cli.js';
 import { baseTarball } from '../helpers/trixie.js';
 import { publish } from '../../publisher/src/publish.js';
+import { PACKAGE_LIST_FORMAT, isInstalled, parsePackageList } from '../../agent/src/adapters/dpkg.js';
 
 const skip = process.getuid?.() !== 0;
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -54,8 +55,8 @@ async function buildDeb(dir: string, p: Pkg): Promise<string> {
 
 const dpkgRoot = (root: string, args: string[]) => execFileSync('dpkg', ['--root', root, '--force-confdef', '--force-confold', ...args], { stdio: 'pipe', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive', PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } }).toString();
 const packageList = (root: string): Record<string, string> => Object.fromEntries(
-  execFileSync('dpkg-query', ['--admindir', join(root, 'var/lib/dpkg'), '-W', '-f', '${Package}\t${Version}\t${db:Status-Abbrev}\n']).toString()
-    .trim().split('\n').map((l) => l.split('\t')).filter((f) => f[2]?.trim() === 'ii').map((f) => [f[0]!.replace(/:.*$/, ''), f[1]!]),
+  parsePackageList(execFileSync('dpkg-query', ['--admindir', join(root, 'var/lib/dpkg'), '-W', '-f', PACKAGE_LIST_FORMAT]).toString())
+    .filter(isInstalled).map((p) => [p.name, p.version]),
 );
 
 type Change = { action: 'install' | 'upgrade' | 'remove'; package: string; version?: string; from?: string; deb?: string };

@@ -23,9 +23,15 @@ export interface DpkgOptions {
 export interface InstalledPackage {
   readonly name: string;
   readonly version: string;
-  /** dpkg's status abbreviation, `ii` when fully installed. */
+  /** dpkg's status abbreviation (`ii`, `hi` held, `rc` config files only, …). */
   readonly status: string;
 }
+
+/** The second letter of the abbreviation is the current state: `i`, installed (held or not). */
+export const isInstalled = (p: InstalledPackage): boolean => p.status[1] === 'i';
+
+/** The format string parsePackageList reads. */
+export const PACKAGE_LIST_FORMAT = '${Package}\t${Version}\t${db:Status-Abbrev}\n';
 
 const ENV = {
   DEBIAN_FRONTEND: 'noninteractive',
@@ -51,12 +57,12 @@ export function parsePackageList(text: string): InstalledPackage[] {
 
 /**
  * The difference between what is installed and what a generation lists
- * (name → version). Only fully installed packages count as installed.
+ * (name → version). Only installed packages count (not config-files leftovers).
  */
 export function packageDrift(installed: readonly InstalledPackage[], expected: Readonly<Record<string, string>>): {
   missing: string[]; unexpected: string[]; differing: { name: string; installed: string; expected: string }[];
 } {
-  const have = new Map(installed.filter((p) => p.status === 'ii').map((p) => [p.name, p.version]));
+  const have = new Map(installed.filter(isInstalled).map((p) => [p.name, p.version]));
   const missing = Object.keys(expected).filter((n) => !have.has(n)).sort();
   const unexpected = [...have.keys()].filter((n) => !(n in expected)).sort();
   const differing = Object.entries(expected)
@@ -96,7 +102,7 @@ export function createDpkg(o: DpkgOptions) {
 
   return {
     async installed(): Promise<InstalledPackage[]> {
-      const r = await runner('dpkg-query', ['--admindir', `${o.root.replace(/\/$/, '')}/var/lib/dpkg`, '-W', '-f', '${Package}\t${Version}\t${db:Status-Abbrev}\n'], { env: ENV });
+      const r = await runner('dpkg-query', ['--admindir', `${o.root.replace(/\/$/, '')}/var/lib/dpkg`, '-W', '-f', PACKAGE_LIST_FORMAT], { env: ENV });
       return parsePackageList(r.stdout);
     },
     /** Packages dpkg considers half-installed or unconfigured; empty when the system is consistent. */

@@ -11,6 +11,7 @@ import { readFile, writeFile, chmod, rm, lstat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { LiveupError } from '../../../agent/src/channel/errors.js';
 import { run, type RunOptions, type RunResult } from '../exec.js';
+import { PACKAGE_LIST_FORMAT, isInstalled, parsePackageList } from '../../../agent/src/adapters/dpkg.js';
 
 export interface StepContext {
   readonly log: (line: string) => void;
@@ -138,13 +139,8 @@ export class Chroot {
 
   /** Installed packages: name → version (only fully installed ones, not config-files leftovers). */
   async installed(): Promise<Map<string, string>> {
-    const r = await this.exec('dpkg-query', ['-W', '-f', '${Package}\\t${Version}\\t${db:Status-Status}\\n'], { quiet: true });
-    const m = new Map<string, string>();
-    for (const line of r.stdout.split('\n')) {
-      const [name, version, status] = line.split('\t');
-      if (name && version && status === 'installed') m.set(name, version);
-    }
-    return m;
+    const r = await this.exec('dpkg-query', ['-W', '-f', PACKAGE_LIST_FORMAT], { quiet: true });
+    return new Map(parsePackageList(r.stdout).filter(isInstalled).map((p) => [p.name, p.version]));
   }
 }
 
