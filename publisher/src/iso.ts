@@ -19,6 +19,7 @@ import { LiveupError } from '../../agent/src/channel/errors.js';
 import { renderBootMenu } from '../../agent/src/core/bootmenu.js';
 import { GENDIR_FILES, readGendirMeta, requireGendirFiles } from './generation.js';
 import { run } from './exec.js';
+import { onPath } from '../../agent/src/util/path.js';
 
 /** GRUB platform directories the ISO can boot with, and the Debian package that ships each. */
 export const GRUB_PLATFORMS = [
@@ -105,8 +106,7 @@ export async function writeIso(o: IsoOptions): Promise<IsoResult> {
       { missing: lacking.map((p) => p.pkg).join(',') });
   }
   for (const tool of ['grub-mkrescue', 'xorriso', 'mformat']) {
-    const found = (process.env.PATH ?? '/usr/bin:/bin').split(':').some((d) => existsSync(join(d, tool)));
-    if (!found) {
+    if (!(await onPath(tool))) {
       const pkg = tool === 'mformat' ? 'mtools' : tool === 'xorriso' ? 'xorriso' : 'grub-common';
       throw new LiveupError('COMMAND_FAILED', `${tool} is needed to write an ISO: apt-get install ${pkg}`, { tool });
     }

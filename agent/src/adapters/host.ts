@@ -5,22 +5,15 @@
  * failing: a host without logind simply has no sessions, one without
  * kexec-tools simply cannot kexec.
  */
-import { access, readFile } from 'node:fs/promises';
-import { constants } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import dbus from 'dbus-next';
 import { openBus, type BusSpec } from '../dbus/bus.js';
 import { createSystemd } from './systemd.js';
+import { onPath } from '../util/path.js';
 
 export async function bootId(path = '/proc/sys/kernel/random/boot_id'): Promise<string> {
   return (await readFile(path, 'utf8').catch(() => 'unknown')).trim();
-}
-
-async function onPath(cmd: string): Promise<boolean> {
-  for (const d of (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
-    if (await access(join(d, cmd), constants.X_OK).then(() => true, () => false)) return true;
-  }
-  return false;
 }
 
 /** null when `kexec -l` can work here, else why not. `sys` is /sys and /proc's parent for tests. */
