@@ -6,8 +6,9 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { mountsUnder } from '../../publisher/src/factory/chroot.js';
 
 export const CACHE = process.env.LIVEUP_CACHE ?? '/var/cache/liveup';
 export const PKGTEST_CACHE = join(CACHE, 'pkgtest');
@@ -30,13 +31,6 @@ export function run(cmd: string, args: string[], opts: { allowFail?: boolean; en
   });
 }
 
-
-/** Paths mounted at or below `dir`, deepest first. */
-export async function mountsUnder(dir: string): Promise<string[]> {
-  const text = await readFile('/proc/self/mounts', 'utf8');
-  return text.split('\n').map((l) => l.split(' ')[1] ?? '').map((p) => p.replace(/\\040/g, ' '))
-    .filter((p) => p === dir || p.startsWith(dir + '/')).sort((a, b) => b.length - a.length);
-}
 
 export async function unmountAll(dir: string): Promise<void> {
   for (const m of await mountsUnder(dir)) {

@@ -55,23 +55,37 @@ export function bootVm(opts: {
   child.stdout!.on('data', onData);
   child.stderr!.on('data', onData);
   child.on('exit', (code, sig) => { exited = `QEMU exited (${code ?? sig})`; poke(); });
+  /**
+   * Resolve with `probe`'s first non-undefined answer as the console grows;
+   * reject when it throws, when QEMU exits, or after `timeoutMs`.
+   */
+  const watch = <T>(probe: () => T | undefined, timeoutMs: number, what: string): Promise<T> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        try {
+          const v = probe();
+          if (v !== undefined) return done(() => resolve(v));
+        } catch (e) {
+          return done(() => reject(e as Error));
+        }
+        if (exited) return done(() => reject(new Error(`${exited} ${what}; see ${opts.consoleLog}`)));
+      };
+      const timer = setTimeout(() => done(() => reject(new Error(`timed out after ${timeoutMs} ms ${what}; see ${opts.consoleLog}`))), timeoutMs);
+      const done = (f: () => void): void => { clearTimeout(timer); waiters.delete(check); f(); };
+      waiters.add(check);
+      check();
+    });
   return {
     console: () => text,
     waitFor(re, timeoutMs) {
-      return new Promise((resolve, reject) => {
-        const check = (): void => {
-          const m = text.match(re);
-          if (m) return done(() => resolve(m));
-          // Both GRUB entries failed: GRUB waits for a key forever (vm-boot-facts.md).
-          if (/Press any key to continue/.test(text)) return done(() => reject(new Error(`GRUB failed to boot; see ${opts.consoleLog}`)));
-          if (/Kernel panic/.test(text)) return done(() => reject(new Error(`kernel panic; see ${opts.consoleLog}`)));
-          if (exited) return done(() => reject(new Error(`${exited} before ${re}; see ${opts.consoleLog}`)));
-        };
-        const timer = setTimeout(() => done(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${re}; see ${opts.consoleLog}`))), timeoutMs);
-        const done = (f: () => void): void => { clearTimeout(timer); waiters.delete(check); f(); };
-        waiters.add(check);
-        check();
-      });
+      return watch(() => {
+        const m = text.match(re);
+        if (m) return m;
+        // Both GRUB entries failed: GRUB waits for a key forever (vm-boot-facts.md).
+        if (/Press any key to continue/.test(text)) throw new Error(`GRUB failed to boot; see ${opts.consoleLog}`);
+        if (/Kernel panic/.test(text)) throw new Error(`kernel panic; see ${opts.consoleLog}`);
+        return undefined;
+      }, timeoutMs, `waiting for ${re}`);
     },
     sh(cmd, timeoutMs = 120_000) {
       const n = ++commands;
@@ -79,17 +93,10 @@ export function bootVm(opts: {
       // printf with the tag split in two, so the typed command never matches its own end marker.
       child.stdin!.write(`printf '@@%s%d\\n' B ${n}; ${cmd}; printf '@@%s%d rc=%d\\n' E ${n} $?\n`);
       const re = new RegExp(`@@B${n}\\r?\\n([\\s\\S]*?)@@E${n} rc=(\\d+)`);
-      return new Promise((resolve, reject) => {
-        const check = (): void => {
-          const m = re.exec(text.slice(from));
-          if (m) return done(() => resolve({ out: m[1]!.replace(/\r/g, ''), rc: Number(m[2]) }));
-          if (exited) return done(() => reject(new Error(`${exited} while running ${cmd}; see ${opts.consoleLog}`)));
-        };
-        const timer = setTimeout(() => done(() => reject(new Error(`timed out after ${timeoutMs} ms running ${cmd}; see ${opts.consoleLog}`))), timeoutMs);
-        const done = (f: () => void): void => { clearTimeout(timer); waiters.delete(check); f(); };
-        waiters.add(check);
-        check();
-      });
+      return watch(() => {
+        const m = re.exec(text.slice(from));
+        return m ? { out: m[1]!.replace(/\r/g, ''), rc: Number(m[2]) } : undefined;
+      }, timeoutMs, `running ${cmd}`);
     },
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
