@@ -350,17 +350,25 @@ export class Agent implements AgentApi {
       const current = await this.#current();
       const arch = this.#config.architecture;
       const hold = opts.honourHold ? this.#journal.getSetting('rollback-hold') : null;
-      // A staged rollout holds its version back until this machine's turn (an explicit version is an order).
+      // A staged rollout holds its version back until this machine's turn (an
+      // explicit version is an order); the fleet endpoint may narrow it further.
       const rollout = index.index.rollout;
-      let heldBack: string | null = null;
-      if (rollout && opts.version === undefined) {
-        const machineId = await this.#machineId();
-        const turn = rolloutTurn(rollout, machineId || 'unknown-machine', rollout.version, now);
-        if (!turn.allowed) heldBack = turn.reason;
+      const held = new Map<number, string>();
+      if (opts.version === undefined) {
+        const limit = this.deps.reporter && this.#config.fleet ? await this.deps.reporter.rolloutLimit(this.#config.channel) : null;
+        const versions = new Set([rollout?.version, limit?.version].filter((v): v is number => v !== undefined));
+        if (versions.size > 0) {
+          const machineId = (await this.#machineId()) || 'unknown-machine';
+          for (const v of versions) {
+            const turn = rolloutTurn(rollout, machineId, v, now, limit?.version === v ? limit : undefined);
+            if (!turn.allowed) held.set(v, turn.reason);
+          }
+        }
       }
+      const heldBack = held.size > 0 ? [...held.values()].join('; ') : null;
       const versions = index.index.generations
         .filter((g) => hold === null || g.version > Number(hold))
-        .filter((g) => heldBack === null || g.version !== rollout!.version)
+        .filter((g) => !held.has(g.version))
         .map((g) => ({ version: g.version, architecture: g.architecture }));
       const steps = planUpdate(current, { versions }, { keep: this.#config.keep, architecture: arch }, opts.version !== undefined ? { version: opts.version } : {});
       const available = index.index.generations.filter((g) => g.architecture === arch).map((g) => g.version);
@@ -925,6 +933,7 @@ export class Agent implements AgentApi {
       lastError: s.lastCheck?.result === 'failed' ? (s.lastCheck.message ?? null) : null,
       health: booted?.state === 'good' ? 'good' : booted?.state === 'failed' ? 'failed' : 'unknown',
       uptimeSeconds: Math.floor(uptime()), decision: s.decision ? `${s.decision}${s.reason ? `: ${s.reason}` : ''}`.slice(0, 500) : null,
+      failedVersion: this.#journal.listGenerations().filter((g) => g.state === 'failed').reduce<number | null>((m, g) => Math.max(m ?? 0, g.version), null),
     };
   }
 

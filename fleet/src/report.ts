@@ -32,6 +32,12 @@ export interface FleetReport {
   readonly health: 'good' | 'failed' | 'unknown';
   readonly uptimeSeconds: number;
   readonly decision: string | null;
+  /**
+   * The newest generation this machine marked failed (its boot check failed,
+   * so it fell back): how the endpoint counts a wave's failures after the
+   * machine left the failed generation. Optional: older agents omit it.
+   */
+  readonly failedVersion?: number | null;
 }
 
 const ID_RE = /^[0-9a-f]{32}$/;
@@ -47,7 +53,7 @@ export function parseReport(body: string): FleetReport {
   const r = new Reader('report', 'INVALID_ARGUMENT');
   const o = r.object(raw, '', [
     'format', 'machineId', 'hostname', 'channel', 'seq', 'sentAt', 'agentVersion', 'state', 'bootedVersion', 'runningVersion',
-    'stagedVersion', 'lastGoodVersion', 'lastResult', 'lastError', 'health', 'uptimeSeconds', 'decision',
+    'stagedVersion', 'lastGoodVersion', 'lastResult', 'lastError', 'health', 'uptimeSeconds', 'decision', 'failedVersion',
   ]);
   if (r.int(o, 'format', '', { min: 1 }) !== REPORT_FORMAT) r.fail('format', `only format ${REPORT_FORMAT} is understood`);
   const version = (k: string): number | null => (o[k] === null || o[k] === undefined ? null : r.int(o, k, '', { min: 1 }));
@@ -70,5 +76,6 @@ export function parseReport(body: string): FleetReport {
     health: r.oneOf(o, 'health', '', ['good', 'failed', 'unknown'] as const),
     uptimeSeconds: r.int(o, 'uptimeSeconds', '', { min: 0 }),
     decision: optText('decision', 500),
+    failedVersion: version('failedVersion'),
   };
 }

@@ -6,19 +6,28 @@
  *   GET  /v1/machines/:id       one machine with its report history
  *   POST /v1/pre-reboot         FleetLock (Zincati's protocol): take a reboot slot
  *   POST /v1/steady-state       FleetLock: give it back
+ *   GET  /v1/rollouts           every channel's rollout control (admin)
+ *   GET  /v1/rollouts/:channel  one channel's (agents read theirs before taking a version)
+ *   POST /v1/rollouts/:channel  change it: {version?, percent?, paused?, autoPauseRatio?, autoPauseMin?} (admin)
  *   GET  /                      the dashboard (fleet/src/dashboard.ts)
  *
  * Every API call needs `Authorization: Bearer <token>` (`liveup fleet token
- * create`): the inventory of a fleet is not public. Bad input gets a 4xx with
- * a JSON `{ error: { code, message } }` naming the problem, and nothing is
- * written.
+ * create`): the inventory of a fleet is not public, and a machine's (agent)
+ * token reaches only what a machine needs (store.ts, TokenRole). Bad input
+ * gets a 4xx with a JSON `{ error: { code, message } }` naming the problem,
+ * and nothing is written.
+ *
+ * After each commit of reports the rollouts of the channels they came from
+ * are checked: a wave whose boot-check failures pass the rollout's threshold
+ * is paused on the spot (rollout.ts), before more machines take it.
  */
 import http from 'node:http';
 import { LiveupError, toLiveupError } from '../../agent/src/channel/errors.js';
 import { Reader } from '../../agent/src/util/validate.js';
 import { MAX_REPORT_BYTES, parseReport, type FleetReport } from './report.js';
-import type { FleetStore } from './store.js';
+import type { FleetStore, TokenRole } from './store.js';
 import { DASHBOARD_HTML } from './dashboard.js';
+import { autoPauseReason, CHANNEL_RE, type RolloutChange } from './rollout.js';
 
 export interface FleetServerOptions {
   readonly store: FleetStore;
@@ -89,36 +98,97 @@ function parseLockBody(text: string): { id: string; group: string } {
   }
 }
 
+function parseRolloutChange(text: string): RolloutChange {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, 'INVALID_ARGUMENT', `not valid JSON (${(e as Error).message})`);
+  }
+  try {
+    const r = new Reader('rollout', 'INVALID_ARGUMENT');
+    const o = r.object(raw, '', ['version', 'percent', 'paused', 'autoPauseRatio', 'autoPauseMin']);
+    const num = (k: string, min: number, max: number): number | undefined => {
+      if (o[k] === undefined) return undefined;
+      if (typeof o[k] !== 'number' || !(o[k] >= min && o[k] <= max)) r.fail(k, `expected a number from ${min} to ${max}`);
+      return o[k] as number;
+    };
+    const change: { -readonly [K in keyof RolloutChange]: RolloutChange[K] } = {};
+    const version = r.optInt(o, 'version', '', { min: 1 });
+    if (version !== undefined) change.version = version;
+    const percent = num('percent', 0, 100);
+    if (percent !== undefined) change.percent = percent;
+    const paused = r.optBool(o, 'paused', '');
+    if (paused !== undefined) change.paused = paused;
+    const ratio = num('autoPauseRatio', 0, 1);
+    if (ratio !== undefined) change.autoPauseRatio = ratio;
+    const min = r.optInt(o, 'autoPauseMin', '', { min: 1 });
+    if (min !== undefined) change.autoPauseMin = min;
+    return change;
+  } catch (e) {
+    throw new HttpError(400, 'INVALID_ARGUMENT', toLiveupError(e).message);
+  }
+}
+
 export async function serveFleet(o: FleetServerOptions): Promise<RunningFleetServer> {
   const now = o.now ?? (() => new Date());
   const staleAfter = o.staleAfterMs ?? 8 * 3600e3;
   const slotsFor = (group: string): number => o.slots?.[group] ?? o.slots?.default ?? 1;
 
   // Group commit: reports arriving while a commit runs go into the next one,
-  // so one fsync covers many; each is answered only after its commit.
+  // so one fsync covers many; each is answered only after its commit. One
+  // commit at a time (PostgreSQL's are asynchronous), the next batch waits.
   let batch: { report: FleetReport; done: (r: 'stored' | 'duplicate' | Error) => void }[] = [];
-  const commit = (): void => {
-    const now_ = batch;
-    batch = [];
-    try {
-      const results = o.store.saveReports(now_.map((b) => b.report));
-      now_.forEach((b, i) => b.done(results[i]!));
-    } catch (e) {
-      for (const b of now_) b.done(e as Error);
+  let committing = false;
+  const commit = async (): Promise<void> => {
+    committing = true;
+    while (batch.length > 0) {
+      const now_ = batch;
+      batch = [];
+      try {
+        const results = await o.store.saveReports(now_.map((b) => b.report));
+        // Before the answers: a machine told "stored" may next read its channel's rollout, which must already say paused.
+        await checkWaves(new Set(now_.map((b) => b.report.channel)));
+        now_.forEach((b, i) => b.done(results[i]!));
+      } catch (e) {
+        for (const b of now_) b.done(e as Error);
+      }
     }
+    committing = false;
   };
   const save = (report: FleetReport): Promise<'stored' | 'duplicate'> =>
     new Promise((resolve, reject) => {
-      if (batch.length === 0) setImmediate(commit);
+      if (!committing && batch.length === 0) setImmediate(() => void commit());
       batch.push({ report, done: (r) => (r instanceof Error ? reject(r) : resolve(r)) });
     });
 
-  const authorize = (req: http.IncomingMessage): string => {
+  // Auto-pause: the rollouts of these channels, re-read (another endpoint or
+  // `liveup fleet rollout` may have changed them), paused when their wave fails.
+  const checkWaves = async (channels: Set<string>): Promise<void> => {
+    for (const channel of channels) {
+      try {
+        const r = await o.store.rollout(channel);
+        if (!r || r.paused || r.autoPauseRatio <= 0) continue;
+        const why = autoPauseReason(r, await o.store.wave(channel, r.version));
+        if (why) {
+          await o.store.setRollout(channel, { version: r.version, paused: true, reason: why });
+          o.log?.(`fleet: rollout of ${r.version} on ${channel} ${why}`);
+        }
+      } catch (e) {
+        o.log?.(`fleet: checking the rollout of ${channel} failed: ${(e as Error).message}`);
+      }
+    }
+  };
+
+  const authorize = async (req: http.IncomingMessage): Promise<{ name: string; role: TokenRole }> => {
     const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
     if (!m) throw new HttpError(401, 'NOT_AUTHORIZED', 'missing "Authorization: Bearer <token>" (liveup fleet token create)');
-    const name = o.store.tokenName(m[1]!);
-    if (!name) throw new HttpError(401, 'NOT_AUTHORIZED', 'unknown or revoked token');
-    return name;
+    const t = await o.store.token(m[1]!);
+    if (!t) throw new HttpError(401, 'NOT_AUTHORIZED', 'unknown or revoked token');
+    return t;
+  };
+  const admin = (t: { name: string; role: TokenRole }): void => {
+    if (t.role !== 'admin') throw new HttpError(403, 'NOT_AUTHORIZED', `token "${t.name}" is an agent token: this needs an admin token (liveup fleet token create NAME --role admin)`);
   };
 
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
@@ -130,7 +200,7 @@ export async function serveFleet(o: FleetServerOptions): Promise<RunningFleetSer
       return;
     }
     if (route === 'GET /healthz') return send(res, 200, { ok: true });
-    authorize(req);
+    const who = await authorize(req);
     if (route === 'POST /v1/reports') {
       if (!/^application\/json\b/.test(req.headers['content-type'] ?? '')) throw new HttpError(415, 'INVALID_ARGUMENT', 'send the report as application/json');
       const body = await readBody(req, MAX_REPORT_BYTES);
@@ -144,15 +214,17 @@ export async function serveFleet(o: FleetServerOptions): Promise<RunningFleetSer
       return send(res, 200, { ok: true, machineId: report.machineId, seq: report.seq, duplicate: outcome === 'duplicate' });
     }
     if (route === 'GET /v1/machines') {
+      admin(who);
       const t = now().getTime();
       return send(res, 200, {
-        machines: o.store.machines().map((m) => ({ ...m, stale: t - Date.parse(m.lastSeen) > staleAfter })),
+        machines: (await o.store.machines()).map((m) => ({ ...m, stale: t - Date.parse(m.lastSeen) > staleAfter })),
         staleAfterSeconds: staleAfter / 1000,
       });
     }
     const one = /^GET \/v1\/machines\/([0-9a-f]{32})$/.exec(route);
     if (one) {
-      const m = o.store.machine(one[1]!);
+      admin(who);
+      const m = await o.store.machine(one[1]!);
       if (!m) throw new HttpError(404, 'NOT_FOUND', `no machine ${one[1]} has reported`);
       return send(res, 200, m);
     }
@@ -160,14 +232,36 @@ export async function serveFleet(o: FleetServerOptions): Promise<RunningFleetSer
       if (req.headers['fleet-lock-protocol'] !== 'true') throw new HttpError(400, 'INVALID_ARGUMENT', 'missing header "fleet-lock-protocol: true"');
       const p = parseLockBody(await readBody(req, 4096));
       if (route === 'POST /v1/steady-state') {
-        o.store.unlock(p.group, p.id);
+        await o.store.unlock(p.group, p.id);
         return send(res, 200, { ok: true });
       }
       const slots = slotsFor(p.group);
-      const r = o.store.lock(p.group, p.id, slots);
+      const r = await o.store.lock(p.group, p.id, slots);
       if (r.granted) return send(res, 200, { ok: true, holders: r.holders.length, slots });
       // FleetLock's error shape, as Zincati reads it.
       return send(res, 409, { kind: 'failed_lock', value: `all ${slots} reboot slot(s) of group "${p.group}" are taken`, holders: r.holders });
+    }
+    if (route === 'GET /v1/rollouts') {
+      admin(who);
+      return send(res, 200, { rollouts: await o.store.rollouts() });
+    }
+    const ro = /^(GET|POST) \/v1\/rollouts\/([^/]+)$/.exec(route);
+    if (ro) {
+      const channel = decodeURIComponent(ro[2]!);
+      if (!CHANNEL_RE.test(channel)) throw new HttpError(400, 'INVALID_ARGUMENT', `channel "${channel}": lower-case letters, digits, ".", "_", "-"`);
+      if (ro[1] === 'GET') {
+        const r = await o.store.rollout(channel);
+        if (!r) throw new HttpError(404, 'NOT_FOUND', `no rollout control for channel "${channel}"`);
+        return send(res, 200, r);
+      }
+      admin(who);
+      const change = parseRolloutChange(await readBody(req, 4096));
+      try {
+        return send(res, 200, await o.store.setRollout(channel, { ...change, ...(change.paused ? { reason: `paused by ${who.name}` } : {}) }));
+      } catch (e) {
+        const le = toLiveupError(e);
+        throw new HttpError(le.code === 'NOT_FOUND' ? 404 : 400, le.code, le.message);
+      }
     }
     throw new HttpError(404, 'NOT_FOUND', `no route ${route}`);
   };

@@ -8,8 +8,7 @@ import {
 } from '../../agent/src/cli/framework.js';
 import { build, DEFAULT_CACHE } from './factory/build.js';
 import { writeIso } from './iso.js';
-import { FleetStore } from '../../fleet/src/store.js';
-import { serveFleet } from '../../fleet/src/server.js';
+import { FLEET_COMMANDS } from '../../fleet/src/cli.js';
 import { derive, DEFAULT_REBOOT_PACKAGES } from './factory/derive.js';
 import { generateKey } from './key.js';
 import { changeRollout, publish, type RolloutChange } from './publish.js';
@@ -420,84 +419,7 @@ const mirrorSyncCmd: Command = {
   },
 };
 
-/** `--db sqlite:PATH` (or a bare path); PostgreSQL is not implemented yet and says so. */
-function openFleetStore(values: Values): FleetStore {
-  const db = requireString(values, 'db');
-  if (/^postgres(ql)?:\/\//.test(db)) throw new LiveupError('INVALID_ARGUMENT', '--db postgres://… is not supported yet: use sqlite:PATH');
-  return FleetStore.open(db.replace(/^sqlite:/, ''));
-}
-
-const DB_OPTION = { db: { type: 'string' as const, description: 'fleet database: sqlite:PATH', valueName: 'sqlite:PATH' } };
-
-const fleetServe: Command = {
-  path: ['fleet', 'serve'],
-  summary: 'run the fleet endpoint: agent reports, FleetLock reboot slots, the dashboard',
-  usage: '--db sqlite:PATH [--listen ADDR:PORT] [--slots N] [--group-slots GROUP=N]…',
-  description:
-    'API (bearer token from `liveup fleet token create`): POST /v1/reports, GET /v1/machines, GET /v1/machines/ID,\n' +
-    'POST /v1/pre-reboot and /v1/steady-state (FleetLock). The dashboard is at / — open it as /#token=TOKEN.\n' +
-    'Put TLS in front (nginx, see docs/fleet.md) for anything but loopback.',
-  options: {
-    ...DB_OPTION,
-    listen: { type: 'string', description: 'address and port', default: '127.0.0.1:8443', valueName: 'ADDR:PORT' },
-    slots: { type: 'string', description: 'reboot slots per FleetLock group [default: 1]', valueName: 'N' },
-    'group-slots': { type: 'string', multiple: true, description: 'slots for one group, e.g. web=3', valueName: 'GROUP=N' },
-  },
-  async run({ values, io, json }) {
-    const store = openFleetStore(values);
-    const listen = optString(values, 'listen') ?? '127.0.0.1:8443';
-    const m = /^(.*):(\d+)$/.exec(listen);
-    if (!m) throw new LiveupError('INVALID_ARGUMENT', `--listen ${listen}: expected ADDR:PORT`);
-    const slots: Record<string, number> = { default: optInt(values, 'slots', { min: 1 }) ?? 1 };
-    for (const g of stringList(values, 'group-slots')) {
-      const gm = /^([A-Za-z0-9._-]+)=(\d+)$/.exec(g);
-      if (!gm || Number(gm[2]) < 1) throw new LiveupError('INVALID_ARGUMENT', `--group-slots ${g}: expected GROUP=N with N >= 1`);
-      slots[gm[1]!] = Number(gm[2]);
-    }
-    const server = await serveFleet({ store, host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]), slots, log: (l) => io.err(l) });
-    io.out(json ? JSON.stringify({ ok: true, url: server.url }) : `fleet endpoint at ${server.url} (dashboard: ${server.url}#token=…)`);
-    await new Promise<void>((resolve) => {
-      const stop = () => void server.close().then(() => { store.close(); resolve(); });
-      process.once('SIGTERM', stop);
-      process.once('SIGINT', stop);
-    });
-    return EXIT.OK;
-  },
-};
-
-const fleetToken: Command = {
-  path: ['fleet', 'token'],
-  summary: 'manage the fleet endpoint\'s bearer tokens: create NAME | revoke NAME | list',
-  usage: 'create NAME | revoke NAME | list  --db sqlite:PATH',
-  description: 'create prints the new token once (only its SHA-256 is stored); give it to agents with `agentctl enroll`.',
-  options: { ...DB_OPTION },
-  positionals: { min: 1, max: 2 },
-  async run({ values, positionals, io, json }) {
-    const store = openFleetStore(values);
-    try {
-      const [verb, name] = positionals;
-      if (verb === 'list') {
-        const t = store.tokens();
-        if (json) io.out(JSON.stringify(t));
-        else for (const x of t) io.out(`${x.name}  created ${x.createdAt}${x.revokedAt ? `  revoked ${x.revokedAt}` : ''}`);
-        return EXIT.OK;
-      }
-      if ((verb !== 'create' && verb !== 'revoke') || !name) throw new LiveupError('INVALID_ARGUMENT', 'usage: liveup fleet token create NAME | revoke NAME | list');
-      if (verb === 'create') {
-        const secret = store.createToken(name);
-        io.out(json ? JSON.stringify({ ok: true, name, token: secret }) : secret);
-      } else {
-        store.revokeToken(name);
-        io.out(json ? JSON.stringify({ ok: true, name, revoked: true }) : `revoked ${name}`);
-      }
-      return EXIT.OK;
-    } finally {
-      store.close();
-    }
-  },
-};
-
-export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, isoCmd, fleetServe, fleetToken, rolloutCmd, publishCmd, verifyCmd, serveCmd, mirrorVerifyCmd, mirrorSyncCmd];
+export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, isoCmd, ...FLEET_COMMANDS, rolloutCmd, publishCmd, verifyCmd, serveCmd, mirrorVerifyCmd, mirrorSyncCmd];
 
 export const BLURB = 'liveup: build, sign and publish generations of live Debian systems.';
 

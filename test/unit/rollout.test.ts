@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { rolloutBucket, rolloutPercent, rolloutTurn } from '../../agent/src/core/rollout.js';
 import { parseIndex } from '../../agent/src/channel/schema.js';
+import { applyRolloutChange, autoPauseReason } from '../../fleet/src/rollout.js';
 
 const ids = Array.from({ length: 1000 }, (_, i) => (i * 2654435761 >>> 0).toString(16).padStart(32, '0'));
 const NOW = new Date('2026-11-23T12:00:00Z');
@@ -46,5 +47,31 @@ describe('rollout waves', () => {
     expect(() => parseIndex(index({ version: 2, start: NOW.toISOString(), percent: 10, durationSeconds: 60, paused: false }))).toThrow(/exactly one of "percent" and "durationSeconds"/);
     expect(() => parseIndex(index({ version: 9, start: NOW.toISOString(), percent: 10, paused: false }))).toThrow(/rollout\.version.*9 is not listed/);
     expect(() => parseIndex(index({ version: 2, start: NOW.toISOString(), percent: 101, paused: false }))).toThrow(/percent/);
+  });
+});
+
+describe('the endpoint rollout control (fleet/src/rollout.ts)', () => {
+  const at = new Date('2026-12-02T10:00:00Z');
+  it('starts a rollout only with a version; a new version starts afresh, a change keeps the rest', () => {
+    expect(() => applyRolloutChange('stable', null, { percent: 10 }, at)).toThrow(/no rollout yet: name the version/);
+    const r = applyRolloutChange('stable', null, { version: 5, percent: 10 }, at);
+    expect(r).toMatchObject({ version: 5, percent: 10, paused: false, reason: null, autoPauseRatio: 0.2, autoPauseMin: 5 });
+    const p = applyRolloutChange('stable', r, { paused: true, reason: 'by hand' }, at);
+    expect(p).toMatchObject({ version: 5, percent: 10, paused: true, reason: 'by hand' });
+    expect(applyRolloutChange('stable', p, { percent: 30 }, at)).toMatchObject({ percent: 30, paused: true, reason: 'by hand' });
+    expect(applyRolloutChange('stable', p, { paused: false }, at)).toMatchObject({ paused: false, reason: null });
+    expect(applyRolloutChange('stable', { ...p, autoPauseRatio: 0 }, { version: 6 }, at)).toMatchObject({ version: 6, percent: 0, paused: false, autoPauseRatio: 0 });
+    expect(() => applyRolloutChange('Stable!', null, { version: 1 }, at)).toThrow(/channel "Stable!"/);
+    expect(() => applyRolloutChange('stable', r, { percent: 101 }, at)).toThrow(/percent 101/);
+    expect(() => applyRolloutChange('stable', r, { autoPauseRatio: 2 }, at)).toThrow(/auto-pause ratio 2/);
+  });
+
+  it('pauses by itself only past the threshold, with enough machines, when not paused or switched off', () => {
+    const r = applyRolloutChange('stable', null, { version: 5, percent: 10, autoPauseRatio: 0.25, autoPauseMin: 4 }, at);
+    expect(autoPauseReason(r, { attempted: 3, failed: 3 })).toBeNull(); // too few to say
+    expect(autoPauseReason(r, { attempted: 8, failed: 1 })).toBeNull(); // 12.5%
+    expect(autoPauseReason(r, { attempted: 8, failed: 2 })).toMatch(/2 of 8 machines failed the boot check of 5 \(threshold 25%\)/);
+    expect(autoPauseReason({ ...r, paused: true }, { attempted: 8, failed: 8 })).toBeNull();
+    expect(autoPauseReason({ ...r, autoPauseRatio: 0 }, { attempted: 8, failed: 8 })).toBeNull();
   });
 });

@@ -22,15 +22,15 @@ export interface PostResult {
   readonly body: string;
 }
 
-/** One JSON POST with a timeout; network failures reject. */
-export function postJson(url: string, body: unknown, headers: Record<string, string>, timeoutMs = 15_000): Promise<PostResult> {
+/** One JSON request with a timeout; network failures reject. */
+function requestJson(method: 'GET' | 'POST', url: string, body: unknown, headers: Record<string, string>, timeoutMs: number): Promise<PostResult> {
   const u = new URL(url);
-  const text = JSON.stringify(body);
+  const text = body === undefined ? '' : JSON.stringify(body);
   const lib = u.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
     const req = lib.request(u, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers },
+      method,
+      headers: body === undefined ? headers : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers },
       timeout: timeoutMs,
     }, (res) => {
       const chunks: Buffer[] = [];
@@ -42,6 +42,27 @@ export function postJson(url: string, body: unknown, headers: Record<string, str
     req.on('error', reject);
     req.end(text);
   });
+}
+
+/** One JSON POST with a timeout; network failures reject. */
+export function postJson(url: string, body: unknown, headers: Record<string, string>, timeoutMs = 15_000): Promise<PostResult> {
+  return requestJson('POST', url, body, headers, timeoutMs);
+}
+
+/** One GET with a timeout; network failures reject. */
+export function getJson(url: string, headers: Record<string, string>, timeoutMs = 15_000): Promise<PostResult> {
+  return requestJson('GET', url, undefined, headers, timeoutMs);
+}
+
+/**
+ * The endpoint's cap on a channel's rollout (fleet/src/rollout.ts): agents
+ * take the smaller of it and the signed index's own rollout.
+ */
+export interface FleetRolloutLimit {
+  readonly version: number;
+  readonly percent: number;
+  readonly paused: boolean;
+  readonly reason: string | null;
 }
 
 async function token(cfg: FleetConfig): Promise<string> {
@@ -73,6 +94,7 @@ export class FleetReporter {
     readonly log: Logger;
     readonly now?: () => Date;
     readonly post?: typeof postJson;
+    readonly get?: typeof getJson;
   }) {}
 
   /** Queue a report (its body without seq/sentAt, which sending adds). */
@@ -133,6 +155,40 @@ export class FleetReporter {
         this.deps.log.warn({ seq: e.seq, attempts: e.attempts + 1, err: problem }, 'fleet report not sent; will retry');
         return { sent, pending: j.outboxSize(), error: problem };
       }
+    }
+  }
+
+  /**
+   * The endpoint's rollout control for `channel`: null when there is none.
+   * Kept in the journal, so an endpoint that cannot be reached holds the
+   * machine to the last answer it gave (a pause stays a pause); never asked
+   * and unreachable, there is no cap — the signed index's rollout still holds.
+   */
+  async rolloutLimit(channel: string): Promise<FleetRolloutLimit | null> {
+    const cfg = this.deps.config();
+    if (!cfg) return null;
+    const j = this.deps.journal;
+    const key = `fleet-rollout:${channel}`;
+    const cached = (): FleetRolloutLimit | null => {
+      const raw = j.getSetting(key);
+      return raw ? (JSON.parse(raw) as FleetRolloutLimit | null) : null;
+    };
+    const get = this.deps.get ?? getJson;
+    try {
+      const r = await get(new URL(`v1/rollouts/${encodeURIComponent(channel)}`, cfg.url).toString(), { authorization: `Bearer ${await token(cfg)}` }, 5_000);
+      if (r.status === 404) {
+        j.setSetting(key, 'null');
+        return null;
+      }
+      if (r.status !== 200) throw new Error(`answered ${r.status}: ${r.body.slice(0, 200)}`);
+      const o = JSON.parse(r.body) as Record<string, unknown>;
+      if (typeof o.version !== 'number' || typeof o.percent !== 'number' || typeof o.paused !== 'boolean') throw new Error('an answer without version, percent and paused');
+      const limit: FleetRolloutLimit = { version: o.version, percent: o.percent, paused: o.paused, reason: typeof o.reason === 'string' ? o.reason : null };
+      j.setSetting(key, JSON.stringify(limit));
+      return limit;
+    } catch (e) {
+      this.deps.log.warn({ err: (e as Error).message, channel }, 'fleet rollout control not read; using the last known');
+      return cached();
     }
   }
 
