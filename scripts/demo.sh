@@ -46,13 +46,14 @@ URL=$(grep -o 'http://[^ ]*' "$WORK/serve.out")
 echo "serving at $URL"
 run "$LIVEUP" verify --repo "$URL" --channel stable --keyring "$WORK/keys/demo.pub.asc"
 
-step "6. A fleet endpoint, and a token for the machines"
+step "6. A fleet endpoint, a token for the machines and one for the administrator"
 "$LIVEUP" fleet serve --db "sqlite:$WORK/fleet.db" --listen 127.0.0.1:0 > "$WORK/fleet.out" 2>&1 &
 FLEET=$!
 for _ in $(seq 50); do grep -q http "$WORK/fleet.out" 2>/dev/null && break; sleep 0.1; done
 FLEET_URL=$(grep -o 'http://[^ ]*/' "$WORK/fleet.out" | head -1)
 TOKEN=$("$LIVEUP" fleet token create demo-machines --db "sqlite:$WORK/fleet.db")
-echo "fleet endpoint at $FLEET_URL (dashboard: ${FLEET_URL}#token=$TOKEN)"
+ADMIN=$("$LIVEUP" fleet token create demo-admin --role admin --db "sqlite:$WORK/fleet.db")
+echo "fleet endpoint at $FLEET_URL (dashboard: ${FLEET_URL}#token=$ADMIN)"
 
 step "7. A machine running generation 1: its squashfs read-only under a tmpfs overlay, as live-boot mounts it"
 M="$WORK/machine"
@@ -94,7 +95,7 @@ run "$AGENTCTL" --bus "$BUS" history
 
 step "9. The machine reported every step to the fleet endpoint"
 run "$AGENTCTL" --bus "$BUS" report
-run curl -sf -H "Authorization: Bearer $TOKEN" "${FLEET_URL}v1/machines"
+run curl -sf -H "Authorization: Bearer $ADMIN" "${FLEET_URL}v1/machines"
 echo
 
 step "10. A hybrid ISO (BIOS and UEFI) of generation 2, for a USB stick or a new machine"

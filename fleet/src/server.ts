@@ -130,18 +130,24 @@ function parseRolloutChange(text: string): RolloutChange {
   }
 }
 
+const TOKEN_CACHE_MS = 5000;
+
 export async function serveFleet(o: FleetServerOptions): Promise<RunningFleetServer> {
   const now = o.now ?? (() => new Date());
   const staleAfter = o.staleAfterMs ?? 8 * 3600e3;
   const slotsFor = (group: string): number => o.slots?.[group] ?? o.slots?.default ?? 1;
 
   // Group commit: reports arriving while a commit runs go into the next one,
-  // so one fsync covers many; each is answered only after its commit. One
-  // commit at a time (PostgreSQL's are asynchronous), the next batch waits.
+  // so one fsync covers many; each is answered only after its commit.
+  // SQLite commits one at a time (it is synchronous anyway); PostgreSQL runs
+  // a few batches at once, whose commits its WAL flushes together.
+  const maxInFlight = o.store.kind === 'postgres' ? 4 : 1;
   let batch: { report: FleetReport; done: (r: 'stored' | 'duplicate' | Error) => void }[] = [];
-  let committing = false;
+  let inFlight = 0;
+  let scheduled = false;
   const commit = async (): Promise<void> => {
-    committing = true;
+    scheduled = false;
+    inFlight++;
     while (batch.length > 0) {
       const now_ = batch;
       batch = [];
@@ -154,18 +160,34 @@ export async function serveFleet(o: FleetServerOptions): Promise<RunningFleetSer
         for (const b of now_) b.done(e as Error);
       }
     }
-    committing = false;
+    inFlight--;
   };
   const save = (report: FleetReport): Promise<'stored' | 'duplicate'> =>
     new Promise((resolve, reject) => {
-      if (!committing && batch.length === 0) setImmediate(() => void commit());
       batch.push({ report, done: (r) => (r instanceof Error ? reject(r) : resolve(r)) });
+      if (!scheduled && inFlight < maxInFlight) {
+        scheduled = true;
+        setImmediate(() => void commit());
+      }
     });
+
+  // Channels with an active rollout, re-read at most once a second: the
+  // report path must not ask the database about rollouts on every batch.
+  let active: { at: number; channels: Set<string> } = { at: 0, channels: new Set() };
+  const activeChannels = async (): Promise<Set<string>> => {
+    if (Date.now() - active.at > 1000) {
+      const rs = await o.store.rollouts();
+      active = { at: Date.now(), channels: new Set(rs.filter((r) => !r.paused && r.autoPauseRatio > 0).map((r) => r.channel)) };
+    }
+    return active.channels;
+  };
 
   // Auto-pause: the rollouts of these channels, re-read (another endpoint or
   // `liveup fleet rollout` may have changed them), paused when their wave fails.
   const checkWaves = async (channels: Set<string>): Promise<void> => {
+    const watched = await activeChannels().catch(() => channels);
     for (const channel of channels) {
+      if (!watched.has(channel)) continue;
       try {
         const r = await o.store.rollout(channel);
         if (!r || r.paused || r.autoPauseRatio <= 0) continue;
@@ -180,12 +202,21 @@ export async function serveFleet(o: FleetServerOptions): Promise<RunningFleetSer
     }
   };
 
+  // Token lookups, remembered for 5 s: one fewer database round trip per
+  // report. So a revoked token is refused within 5 seconds (docs/fleet.md).
+  const tokenCache = new Map<string, { t: { name: string; role: TokenRole } | null; until: number }>();
   const authorize = async (req: http.IncomingMessage): Promise<{ name: string; role: TokenRole }> => {
     const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
     if (!m) throw new HttpError(401, 'NOT_AUTHORIZED', 'missing "Authorization: Bearer <token>" (liveup fleet token create)');
-    const t = await o.store.token(m[1]!);
-    if (!t) throw new HttpError(401, 'NOT_AUTHORIZED', 'unknown or revoked token');
-    return t;
+    const secret = m[1]!;
+    let hit = tokenCache.get(secret);
+    if (!hit || hit.until < Date.now()) {
+      hit = { t: await o.store.token(secret), until: Date.now() + TOKEN_CACHE_MS };
+      if (tokenCache.size > 10_000) tokenCache.clear();
+      if (hit.t) tokenCache.set(secret, hit); // unknown ones are not kept: no memory for a guesser to fill
+    }
+    if (!hit.t) throw new HttpError(401, 'NOT_AUTHORIZED', 'unknown or revoked token');
+    return hit.t;
   };
   const admin = (t: { name: string; role: TokenRole }): void => {
     if (t.role !== 'admin') throw new HttpError(403, 'NOT_AUTHORIZED', `token "${t.name}" is an agent token: this needs an admin token (liveup fleet token create NAME --role admin)`);

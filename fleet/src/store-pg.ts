@@ -142,6 +142,7 @@ export class PgFleetStore implements FleetStore {
     // Machines in id order, so two concurrent batches lock rows in the same order.
     const newest = newestPerMachine(reports).sort((a, b) => (a.machineId < b.machineId ? -1 : 1));
     const cols = newest.map(reportColumns);
+    const sorted = [...reports].sort((a, b) => (a.machineId < b.machineId ? -1 : a.machineId > b.machineId ? 1 : a.seq - b.seq));
     const inserted = await this.tx(async (c) => {
       await c.query(
         `INSERT INTO machines AS m (id, hostname, channel, first_seen, last_seen, last_seq, report, booted_version, failed_version, health)
@@ -164,7 +165,7 @@ export class PgFleetStore implements FleetStore {
         `INSERT INTO reports (machine_id, seq, received_at, report)
          SELECT t.m, t.s, $3, t.r FROM unnest($1::text[], $2::bigint[], $4::jsonb[]) AS t(m, s, r)
          ON CONFLICT DO NOTHING RETURNING machine_id, seq`,
-        [reports.map((r) => r.machineId), reports.map((r) => r.seq), at, reports.map((r) => JSON.stringify(r))],
+        [sorted.map((r) => r.machineId), sorted.map((r) => r.seq), at, sorted.map((r) => JSON.stringify(r))],
       );
       return new Set(r.rows.map((x) => `${x.machine_id}:${x.seq}`));
     });

@@ -74,6 +74,9 @@ function reportQueries(db: Database.Database) {
     advance: db.prepare(`UPDATE machines SET hostname = @hostname, channel = @channel, last_seen = @at, last_seq = @seq, report = @body,
       booted_version = @bootedVersion, failed_version = @failedVersion, health = @health WHERE id = @id`),
     seen: db.prepare('UPDATE machines SET last_seen = ? WHERE id = ?'),
+    token: db.prepare<[string], { name: string; role: TokenRole }>('SELECT name, role FROM tokens WHERE sha256 = ? AND revoked_at IS NULL'),
+    rollout: db.prepare<[string], RolloutRecord>('SELECT * FROM rollouts WHERE channel = ?'),
+    rollouts: db.prepare<[], RolloutRecord>('SELECT * FROM rollouts ORDER BY channel'),
   };
 }
 
@@ -186,7 +189,7 @@ export class SqliteFleetStore implements FleetStore {
   }
 
   async token(secret: string): Promise<{ name: string; role: TokenRole } | null> {
-    return this.db.prepare<[string], { name: string; role: TokenRole }>('SELECT name, role FROM tokens WHERE sha256 = ? AND revoked_at IS NULL').get(sha256(secret)) ?? null;
+    return this.q.token.get(sha256(secret)) ?? null;
   }
 
   // ---------------------------------------------------------------- FleetLock
@@ -208,7 +211,7 @@ export class SqliteFleetStore implements FleetStore {
   // ---------------------------------------------------------------- rollouts
 
   private rolloutRow(channel: string): FleetRollout | null {
-    const r = this.db.prepare<[string], RolloutRecord>('SELECT * FROM rollouts WHERE channel = ?').get(channel);
+    const r = this.q.rollout.get(channel);
     return r ? toRollout(r) : null;
   }
 
@@ -217,7 +220,7 @@ export class SqliteFleetStore implements FleetStore {
   }
 
   async rollouts(): Promise<FleetRollout[]> {
-    return this.db.prepare<[], RolloutRecord>('SELECT * FROM rollouts ORDER BY channel').all().map(toRollout);
+    return this.q.rollouts.all().map(toRollout);
   }
 
   async setRollout(channel: string, change: RolloutChange): Promise<FleetRollout> {

@@ -10,6 +10,8 @@
  *    unchanged, `hello` installed, status says running 2.
  * 3. A reboot boots generation 2's image from GRUB (the trial), the boot check
  *    passes, and `hello` is there from the clean image.
+ * Throughout, the machine is enrolled with `liveup fleet serve` (in the same
+ * namespace, 10.0.2.2:8443) and shows there with what it runs.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -18,16 +20,21 @@ import { join } from 'node:path';
 import { buildTestGeneration, MARKER, REPO, runAsync, VM_CACHE } from './generation.js';
 import { assembleDisk } from './disk.js';
 import { bootVm, type Vm } from './qemu.js';
+import { openFleetStore } from '../../fleet/src/store.js';
 
 const RUN = process.env.LIVEUP_VM_TESTS === '1';
 const liveup = join(REPO, 'bin', 'liveup');
 const PORT = 8080;
+const FLEET_PORT = 8443;
 
 describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boots', () => {
   const ns = `liveup-vm-${process.pid}`;
   let work = '';
   let image = '';
   let server: ChildProcess | null = null;
+  let fleet: ChildProcess | null = null;
+  let fleetDb = '';
+  let fleetToken = '';
   let vm: Vm | null = null;
   let gen1 = '';
   let gen2 = '';
@@ -70,11 +77,15 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     execFileSync('ip', ['netns', 'add', ns]);
     execFileSync('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
     server = spawn('ip', ['netns', 'exec', ns, process.execPath, liveup, 'serve', repo, '--listen', `127.0.0.1:${PORT}`, '--quiet'], { stdio: 'inherit' });
+    fleetDb = `sqlite:${join(work, 'fleet.db')}`;
+    fleetToken = (await runAsync(liveup, ['fleet', 'token', 'create', 'vm-machines', '--db', fleetDb])).trim();
+    fleet = spawn('ip', ['netns', 'exec', ns, process.execPath, liveup, 'fleet', 'serve', '--db', fleetDb, '--listen', `127.0.0.1:${FLEET_PORT}`], { stdio: 'inherit' });
   }, 40 * 60_000);
 
   afterAll(async () => {
     await vm?.stop();
     server?.kill('SIGTERM');
+    fleet?.kill('SIGTERM');
     try { execFileSync('ip', ['netns', 'del', ns]); } catch { /* not created */ }
     if (image) rmSync(image, { force: true }); // console logs stay beside it
   });
@@ -99,6 +110,26 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect((await vm.sh('findmnt -no OPTIONS /run/liveup/boot')).out).toMatch(/^rw/);
     const bootId = (await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim();
     expect((await vm.sh('dpkg-query -W hello')).rc).not.toBe(0);
+    // Enrolled with the fleet as an administrator would; the daemon picks the drop-in up by itself.
+    const enroll = await vm.sh(`agentctl enroll http://10.0.2.2:${FLEET_PORT}/ --token ${fleetToken} --group vm`);
+    expect(enroll.rc, enroll.out).toBe(0);
+    const machineId = (await vm.sh('cat /etc/machine-id')).out.trim();
+    /** Send now, then what the endpoint holds for this machine. */
+    const onEndpoint = async () => {
+      let sent = { rc: 1, out: '' };
+      for (let i = 0; i < 10 && sent.rc !== 0; i++) {
+        sent = await vm!.sh('agentctl report --json', 60_000);
+        if (sent.rc !== 0) await new Promise((r) => setTimeout(r, 2000)); // the drop-in is being reloaded
+      }
+      expect(sent.rc, sent.out).toBe(0);
+      const store = await openFleetStore(fleetDb);
+      try {
+        return await store.machine(machineId);
+      } finally {
+        await store.close();
+      }
+    };
+    expect((await onEndpoint())?.machine.report).toMatchObject({ bootedVersion: 1, channel: 'stable' });
 
     const upd = await vm.sh('agentctl update --apply-live --json', 900_000);
     expect(upd.rc, upd.out).toBe(0);
@@ -108,6 +139,12 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect((await vm.sh('hello')).out).toMatch(/Hello, world!/);
     const status = JSON.parse((await vm.sh('agentctl status --json')).out.trim()) as { bootedVersion: number; runningVersion: number; stagedVersion: number };
     expect(status).toMatchObject({ bootedVersion: 1, runningVersion: 2, stagedVersion: 2 });
+    const seen = (await onEndpoint())!;
+    expect(seen.machine.report).toMatchObject({ bootedVersion: 1, runningVersion: 2, stagedVersion: 2, agentVersion: expect.any(String) });
+    expect(seen.machine.hostname).toBe((await vm.sh('hostname')).out.trim());
+    // Every report the machine queued arrived once, in sequence.
+    const seqs = seen.history.map((h) => h.seq).sort((a, b) => a - b);
+    expect(seqs).toEqual(Array.from({ length: seqs.length }, (_, i) => i + 1));
 
     // Reboot: GRUB tries generation 2's image; its boot check passes.
     const before = vm.console().length;
