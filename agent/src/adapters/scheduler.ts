@@ -1,11 +1,19 @@
 /**
- * The check schedule: a cron expression (node-cron) with a random delay per
- * run, so 500 machines on the same schedule do not hit the channel server in
- * the same second. Runs never overlap; a run due while one is in progress is
- * skipped, not queued.
+ * The check schedule: a cron expression with a random delay per run, so 500
+ * machines on the same schedule do not hit the channel server in the same
+ * second. Runs never overlap; a run due while one is in progress is skipped,
+ * not queued.
+ *
+ * node-cron reads and validates the expression; the next run is found by
+ * core/cron.ts with plain Date getters in the process's local time (the
+ * daemon sets TZ to the configured zone, see `applyTimeZone`), and armed
+ * with one timer. node-cron's own scheduler walks candidates through
+ * Intl.DateTimeFormat, which keeps ~8 MB of ICU data resident in a daemon
+ * idle almost all the time (bench/agent: idle RSS).
  */
-import cron, { type ScheduledTask } from 'node-cron';
+import cron from 'node-cron';
 import { LiveupError } from '../channel/errors.js';
+import { nextCronRun, type CronFields } from '../core/cron.js';
 
 export interface Schedule {
   stop(): Promise<void>;
@@ -13,32 +21,58 @@ export interface Schedule {
   nextRun(): Date | null;
 }
 
-/**
- * The expression is read in the process's local time: the daemon sets TZ to
- * the configured zone (see `applyTimeZone`). Handing node-cron a `timezone`
- * instead would run every tick through Intl, which keeps ~8 MB of ICU data
- * resident in an otherwise idle daemon.
- */
-export function scheduleChecks(expression: string, opts: { jitterMs: number }, run: () => Promise<void>): Schedule {
-  if (!cron.validate(expression)) throw new LiveupError('CONFIG_INVALID', `schedule: "${expression}" is not a valid cron expression`);
-  const task: ScheduledTask = cron.schedule(
-    expression,
-    async () => {
-      await run();
-    },
-    {
-      name: 'liveup-check',
-      noOverlap: true,
-      maxRandomDelay: opts.jitterMs,
-    },
-  );
+/** Longest single timer Node allows (~24.8 days); longer waits are chained. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+export function parseSchedule(expression: string): CronFields {
+  try {
+    return cron.parse(expression);
+  } catch (e) {
+    throw new LiveupError('CONFIG_INVALID', `schedule: "${expression}" is not a valid cron expression (${(e as Error).message})`);
+  }
+}
+
+export function scheduleChecks(expression: string, opts: { jitterMs: number; now?: () => Date }, run: () => Promise<void>): Schedule {
+  const fields = parseSchedule(expression);
+  const now = opts.now ?? (() => new Date());
   let stopped = false;
+  let running: Promise<void> | null = null;
+  let timer: NodeJS.Timeout | null = null;
+  let next: Date | null = null;
+
+  const arm = (from: Date): void => {
+    if (stopped) return;
+    next = nextCronRun(fields, from);
+    if (!next) return; // an expression that never fires again (a date in the past)
+    const due = next;
+    const jitter = Math.floor(Math.random() * opts.jitterMs);
+    const wait = (): void => {
+      const left = due.getTime() + jitter - now().getTime();
+      if (left > 0) {
+        // Re-measured on every wake: a long wait is chained, and a wall clock set back is noticed.
+        timer = setTimeout(wait, Math.min(left, MAX_TIMER_MS));
+        return;
+      }
+      fire(due);
+    };
+    wait();
+  };
+
+  const fire = (due: Date): void => {
+    arm(new Date(Math.max(due.getTime(), now().getTime())));
+    if (running) return; // the one before is still at work: skip, never queue
+    running = run().catch(() => undefined).finally(() => { running = null; });
+  };
+
+  arm(now());
   return {
     async stop() {
       stopped = true;
-      await task.destroy();
+      if (timer) clearTimeout(timer);
+      next = null;
+      await running;
     },
-    nextRun: () => (stopped ? null : task.getNextRun()),
+    nextRun: () => (stopped ? null : next),
   };
 }
 
