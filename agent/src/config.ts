@@ -15,7 +15,7 @@
  *   keeps the old config when the new one is bad, and stays quiet when a
  *   rewrite changes nothing, so the daemon only reacts to real changes.
  */
-import { closeSync, openSync, readFileSync, readSync, readlinkSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync, readlinkSync } from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join as joinPath } from 'node:path';
 import { validate as validateCron } from 'node-cron';
@@ -26,6 +26,13 @@ import { Reader, join, parseJson } from './util/validate.js';
 
 export const DEFAULT_MAIN_FILE = '/etc/liveup/agent.json';
 export const DEFAULT_DROP_IN_DIR = '/etc/liveup/agent.d';
+/**
+ * The machine's own drop-ins, merged after the image's: on the persistent data
+ * partition (mounted on /var/lib/liveup by the initramfs), so what is set on
+ * one machine — its fleet enrollment — survives reboots and new generations,
+ * while /etc/liveup comes fresh from each image.
+ */
+export const DEFAULT_LOCAL_DROP_IN_DIR = '/var/lib/liveup/agent.d';
 
 export const REBOOT_STRATEGIES = ['live', 'kexec', 'reboot', 'stage-only'] as const;
 export type RebootStrategy = (typeof REBOOT_STRATEGIES)[number];
@@ -141,6 +148,8 @@ export interface ConfigLocation {
   readonly mainFile?: string;
   /** Default /etc/liveup/agent.d; may be missing. */
   readonly dropInDir?: string;
+  /** Default /var/lib/liveup/agent.d, merged last; may be missing. */
+  readonly localDropInDir?: string;
 }
 
 export interface LoadedConfig {
@@ -304,7 +313,8 @@ async function listDropIns(dir: string): Promise<string[]> {
 export async function loadConfig(loc: ConfigLocation = {}): Promise<LoadedConfig> {
   const mainFile = loc.mainFile ?? DEFAULT_MAIN_FILE;
   const dropInDir = loc.dropInDir ?? DEFAULT_DROP_IN_DIR;
-  const files = [mainFile, ...(await listDropIns(dropInDir))];
+  const localDir = loc.localDropInDir ?? DEFAULT_LOCAL_DROP_IN_DIR;
+  const files = [mainFile, ...(await listDropIns(dropInDir)), ...(localDir === dropInDir ? [] : await listDropIns(localDir))];
   const merged: Json = {};
   const origin = new Map<string, string>();
   for (const f of files) mergeInto(merged, await readJsonObject(f), f, origin);
@@ -483,7 +493,9 @@ export async function watchConfig(
 ): Promise<ConfigWatcher> {
   const mainFile = opts.mainFile ?? DEFAULT_MAIN_FILE;
   const dropInDir = opts.dropInDir ?? DEFAULT_DROP_IN_DIR;
-  const loc = { mainFile, dropInDir };
+  const localDir = opts.localDropInDir ?? DEFAULT_LOCAL_DROP_IN_DIR;
+  const loc = { mainFile, dropInDir, localDropInDir: localDir };
+  const dirs = [dropInDir, localDir];
   let current = opts.initial ?? (await loadConfig(loc)).config;
   let closed = false;
   let timer: NodeJS.Timeout | undefined;
@@ -525,11 +537,14 @@ export async function watchConfig(
   // Watch the main file's directory rather than the file: editors and dpkg
   // replace files by rename, and a watch on the old inode would go deaf.
   const relevant = (p: string): boolean =>
-    p === mainFile || p === dropInDir || (dirname(p) === dropInDir && p.endsWith('.json') && !basename(p).startsWith('.'));
+    p === mainFile || dirs.includes(p) || (dirs.includes(dirname(p)) && p.endsWith('.json') && !basename(p).startsWith('.'));
   // The drop-in directory is reached through its parent (depth 1), not as a
   // root: chokidar never notices a root that is missing at start, and the
   // directory may well be created later.
-  const roots = [...new Set([dirname(mainFile), dirname(dropInDir)])];
+  // Only roots that exist: chokidar 4 given a missing root stops reporting the
+  // others (seen here). The local drop-ins' parent is the state directory,
+  // which the daemon creates before it watches.
+  const roots = [...new Set([dirname(mainFile), ...dirs.map((d) => dirname(d))])].filter((d, i) => i === 0 || existsSync(d));
   const watcher: FSWatcher = watch(roots, {
     ignoreInitial: true,
     depth: 1,

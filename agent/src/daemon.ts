@@ -14,7 +14,7 @@ import { createGrubEnv } from './adapters/grubenv.js';
 import { Journal } from './adapters/journal.js';
 import { watchInbox, type InboxWatcher } from './adapters/inbox.js';
 import { applyTimeZone, scheduleChecks, type Schedule } from './adapters/scheduler.js';
-import { DEFAULT_DROP_IN_DIR, DEFAULT_MAIN_FILE, loadConfig, watchConfig, type ConfigWatcher, type FleetConfig } from './config.js';
+import { DEFAULT_DROP_IN_DIR, DEFAULT_LOCAL_DROP_IN_DIR, DEFAULT_MAIN_FILE, loadConfig, watchConfig, type ConfigWatcher, type FleetConfig } from './config.js';
 import { startService, type AgentService } from './dbus/service.js';
 import { TxLock } from './core/txlock.js';
 import { EXIT, optString, runCli, type Command } from './cli/framework.js';
@@ -37,9 +37,10 @@ export interface RunningDaemon {
   stop(): Promise<void>;
 }
 
-export async function startDaemon(opts: { mainFile: string; dropInDir: string; runDir: string; bus?: string; log?: Logger }): Promise<RunningDaemon> {
+export async function startDaemon(opts: { mainFile: string; dropInDir: string; localDropInDir?: string; runDir: string; bus?: string; log?: Logger }): Promise<RunningDaemon> {
   const log = opts.log ?? createLogger();
-  const { config, files } = await loadConfig({ mainFile: opts.mainFile, dropInDir: opts.dropInDir });
+  const where = { mainFile: opts.mainFile, dropInDir: opts.dropInDir, localDropInDir: opts.localDropInDir ?? DEFAULT_LOCAL_DROP_IN_DIR };
+  const { config, files } = await loadConfig(where);
   log.info({ files, channel: config.channel, mirrors: config.mirrors }, 'configuration loaded');
   await mkdir(config.stateDir, { recursive: true, mode: 0o750 });
   await mkdir(config.inboxDir, { recursive: true, mode: 0o770 });
@@ -131,7 +132,7 @@ export async function startDaemon(opts: { mainFile: string; dropInDir: string; r
   for (const dir of await inbox.scan()) await guarded('inbox', 'inbox', () => agent.importBundle(dir));
 
   const configWatcher: ConfigWatcher = await watchConfig(
-    { mainFile: opts.mainFile, dropInDir: opts.dropInDir, initial: config },
+    { ...where, initial: config },
     (next) => {
       agent.setConfig(next);
       void schedule?.stop();
@@ -165,10 +166,11 @@ export async function startDaemon(opts: { mainFile: string; dropInDir: string; r
 const daemonCmd: Command = {
   path: [],
   summary: 'run the liveup agent (normally started by systemd as liveup-agent.service)',
-  usage: '[--config FILE] [--config-dir DIR] [--run-dir DIR] [--bus system|session|ADDRESS]',
+  usage: '[--config FILE] [--config-dir DIR] [--local-config-dir DIR] [--run-dir DIR] [--bus system|session|ADDRESS]',
   options: {
     config: { type: 'string', description: 'main configuration file', default: DEFAULT_MAIN_FILE, valueName: 'FILE' },
-    'config-dir': { type: 'string', description: 'drop-in directory', default: DEFAULT_DROP_IN_DIR, valueName: 'DIR' },
+    'config-dir': { type: 'string', description: 'drop-in directory (the image\'s)', default: DEFAULT_DROP_IN_DIR, valueName: 'DIR' },
+    'local-config-dir': { type: 'string', description: 'the machine\'s own drop-ins, merged last (on the data partition)', default: DEFAULT_LOCAL_DROP_IN_DIR, valueName: 'DIR' },
     'run-dir': { type: 'string', description: 'runtime directory (the boot side records the booted generation there)', default: '/run/liveup', valueName: 'DIR' },
     bus: { type: 'string', description: 'D-Bus to serve on (overrides the configuration)', valueName: 'BUS' },
   },
@@ -176,6 +178,7 @@ const daemonCmd: Command = {
     const d = await startDaemon({
       mainFile: optString(values, 'config') ?? DEFAULT_MAIN_FILE,
       dropInDir: optString(values, 'config-dir') ?? DEFAULT_DROP_IN_DIR,
+      localDropInDir: optString(values, 'local-config-dir') ?? DEFAULT_LOCAL_DROP_IN_DIR,
       runDir: optString(values, 'run-dir') ?? '/run/liveup',
       ...(optString(values, 'bus') ? { bus: optString(values, 'bus')! } : {}),
     });

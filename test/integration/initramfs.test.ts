@@ -12,7 +12,8 @@ const SCRIPT = join(import.meta.dirname, '../../initramfs-hooks/scripts/init-bot
 async function runWith(cmdline: string): Promise<string | null> {
   const d = await tmp('liveup-initramfs-');
   await writeFile(join(d, 'cmdline'), cmdline + '\n');
-  execFileSync('sh', [SCRIPT], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LIVEUP_CMDLINE_FILE: join(d, 'cmdline'), LIVEUP_RUN_DIR: join(d, 'run/liveup') } });
+  // rootmnt in the temporary directory: a host disk labelled LIVEUP-DATA must never be mounted by a test.
+  execFileSync('sh', [SCRIPT], { stdio: 'ignore', env: { PATH: process.env.PATH ?? '/usr/bin:/bin', LIVEUP_CMDLINE_FILE: join(d, 'cmdline'), LIVEUP_RUN_DIR: join(d, 'run/liveup'), rootmnt: join(d, 'root') } });
   const f = join(d, 'run/liveup/booted');
   return existsSync(f) ? readFile(f, 'utf8') : null;
 }
@@ -28,6 +29,53 @@ describe('initramfs-hooks/scripts/init-bottom/liveup', () => {
     expect(await runWith('boot=live quiet')).toBeNull();
     expect(await runWith('liveup.generationx=3')).toBeNull();
   });
+  test("mounts the data partition (found by label) on the new root's /var/lib/liveup, and keeps one machine-id across boots", async () => {
+    const d = await tmp('liveup-data-');
+    const label = `LT${process.pid % 100000}`;
+    execFileSync('truncate', ['-s', '16M', join(d, 'data.img')]);
+    execFileSync('mkfs.ext4', ['-q', '-F', '-L', label, join(d, 'data.img')]);
+    const loop = execFileSync('losetup', ['-f', '--show', join(d, 'data.img')], { encoding: 'utf8' }).trim();
+    try {
+      const boot = async (n: number, cmdline: string) => {
+        const root = join(d, `root${n}`);
+        await mkdir(join(root, 'etc'), { recursive: true });
+        await writeFile(join(root, 'etc/machine-id'), '');
+        await writeFile(join(d, 'cmdline'), cmdline + '\n');
+        const r = execFileSync('sh', [SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LIVEUP_CMDLINE_FILE: join(d, 'cmdline'), LIVEUP_RUN_DIR: join(d, `run${n}`), rootmnt: root } });
+        const mounted = execFileSync('findmnt', ['-rno', 'SOURCE', join(root, 'var/lib/liveup')], { encoding: 'utf8' }).trim();
+        return { root, r, mounted };
+      };
+      const first = await boot(1, `boot=live liveup.generation=3 liveup.data=${label}`);
+      expect(first.mounted).toBe(loop);
+      const id = (await readFile(join(first.root, 'etc/machine-id'), 'utf8')).trim();
+      expect(id).toMatch(/^[0-9a-f]{32}$/);
+      expect((await readFile(join(d, 'run1/data'), 'utf8')).trim()).toBe(loop);
+      await writeFile(join(first.root, 'var/lib/liveup/journal.db'), 'kept');
+      execFileSync('umount', [join(first.root, 'var/lib/liveup')]);
+      // The next boot: a clean root, the same partition, the same identity and data.
+      const second = await boot(2, `boot=live liveup.generation=4 liveup.data=${label}`);
+      expect((await readFile(join(second.root, 'etc/machine-id'), 'utf8')).trim()).toBe(id);
+      expect(await readFile(join(second.root, 'var/lib/liveup/journal.db'), 'utf8')).toBe('kept');
+      execFileSync('umount', [join(second.root, 'var/lib/liveup')]);
+    } finally {
+      execFileSync('sh', ['-c', `umount ${d}/root*/var/lib/liveup 2>/dev/null; losetup -d ${loop}`]);
+    }
+  });
+
+  test('without its data partition (or with liveup.data=none) the boot goes on, and says what it loses', async () => {
+    const d = await tmp('liveup-nodata-');
+    await mkdir(join(d, 'root/etc'), { recursive: true });
+    const run = (cmdline: string) => {
+      execFileSync('sh', ['-c', `printf '%s\n' '${cmdline}' > ${d}/cmdline`]);
+      return execFileSync('sh', ['-c', `sh ${SCRIPT} 2>&1`], { encoding: 'utf8', env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LIVEUP_CMDLINE_FILE: join(d, 'cmdline'), LIVEUP_RUN_DIR: join(d, 'run'), rootmnt: join(d, 'root') } });
+    };
+    expect(run('liveup.generation=5 liveup.data=NO-SUCH-LABEL-XYZ')).toMatch(/no data partition labelled NO-SUCH-LABEL-XYZ: nothing this boot writes will be kept/);
+    expect(run('liveup.generation=5 liveup.data=none')).toBe('');
+    expect(run('liveup.generation=5 liveup.data=a;b')).toMatch(/not a file system label/);
+    expect(existsSync(join(d, 'root/var/lib/liveup'))).toBe(false);
+    expect(await readFile(join(d, 'run/booted'), 'utf8')).toBe('5\n');
+  });
+
   test('prereqs prints nothing to depend on', () => {
     expect(execFileSync('sh', [SCRIPT, 'prereqs'], { encoding: 'utf8' }).trim()).toBe('');
   });

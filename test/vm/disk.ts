@@ -1,9 +1,11 @@
 /**
  * VM harness: a raw BIOS disk holding one boot partition (ext4, label
  * LIVEUP-BOOT) with `live/<v>/`, `grub/grub.cfg` rendered by the agent's
- * renderBootMenu, `grub/grubenv`, and GRUB installed for i386-pc.
+ * renderBootMenu, `grub/grubenv`, and GRUB installed for i386-pc; with
+ * `dataMiB`, a second partition (ext4, label LIVEUP-DATA): the persistent
+ * data the initramfs mounts on /var/lib/liveup.
  *
- * The MBR is written here (one primary Linux partition from 1 MiB) so no
+ * The MBR is written here (primary Linux partitions from 1 MiB) so no
  * partitioning tool is needed; the partition is reached through a loop device
  * and `partx -a` (losetup -P does not create partition nodes on these hosts).
  * Needs root, grub-mkimage/grub-editenv (grub-common) and grub-pc-bin, mkfs.ext4.
@@ -33,25 +35,31 @@ export interface DiskOptions {
   readonly tryVersion?: number | null;
   /** Extra grubenv variables. */
   readonly grubenv?: Readonly<Record<string, string>>;
+  /** Size of the persistent data partition (LIVEUP-DATA) at the end of the disk; none when absent. */
+  readonly dataMiB?: number;
   readonly log?: (s: string) => void;
 }
 
 const SECTOR = 512;
 const START_LBA = 2048;
 
-function writeMbr(image: string, sizeMiB: number): void {
+function writeMbr(image: string, sizeMiB: number, dataMiB: number): void {
   const fd = openSync(image, 'w');
   try {
     ftruncateSync(fd, sizeMiB * 1024 * 1024);
     const mbr = Buffer.alloc(SECTOR);
-    const sectors = (sizeMiB * 1024 * 1024) / SECTOR - START_LBA;
-    const e = 446;
-    mbr[e] = 0x80; // bootable
-    mbr.writeUIntLE(0xfffffe, e + 1, 3); // CHS: unused (LBA)
-    mbr[e + 4] = 0x83; // Linux
-    mbr.writeUIntLE(0xfffffe, e + 5, 3);
-    mbr.writeUInt32LE(START_LBA, e + 8);
-    mbr.writeUInt32LE(sectors, e + 12);
+    const dataSectors = (dataMiB * 1024 * 1024) / SECTOR;
+    const sectors = (sizeMiB * 1024 * 1024) / SECTOR - START_LBA - dataSectors;
+    const entry = (e: number, start: number, count: number, bootable: boolean): void => {
+      mbr[e] = bootable ? 0x80 : 0;
+      mbr.writeUIntLE(0xfffffe, e + 1, 3); // CHS: unused (LBA)
+      mbr[e + 4] = 0x83; // Linux
+      mbr.writeUIntLE(0xfffffe, e + 5, 3);
+      mbr.writeUInt32LE(start, e + 8);
+      mbr.writeUInt32LE(count, e + 12);
+    };
+    entry(446, START_LBA, sectors, true);
+    if (dataSectors > 0) entry(462, START_LBA + sectors, dataSectors, false);
     mbr.writeUInt32LE(0x4c495645, 440); // disk signature "LIVE"
     mbr[510] = 0x55;
     mbr[511] = 0xaa;
@@ -68,7 +76,7 @@ function sh(cmd: string, args: string[], log: (s: string) => void): string {
 
 export function assembleDisk(o: DiskOptions): void {
   const log = o.log ?? (() => {});
-  writeMbr(o.image, o.sizeMiB);
+  writeMbr(o.image, o.sizeMiB, o.dataMiB ?? 0);
   const loop = sh('losetup', ['-f', '--show', o.image], log).trim();
   const mnt = `${o.image}.mnt`;
   let mounted = false;
@@ -77,6 +85,11 @@ export function assembleDisk(o: DiskOptions): void {
     const part = `${loop}p1`;
     for (let i = 0; i < 50 && !existsSync(part); i++) execFileSync('sleep', ['0.1']);
     sh('mkfs.ext4', ['-q', '-F', '-L', 'LIVEUP-BOOT', part], log);
+    if (o.dataMiB) {
+      const data = `${loop}p2`;
+      for (let i = 0; i < 50 && !existsSync(data); i++) execFileSync('sleep', ['0.1']);
+      sh('mkfs.ext4', ['-q', '-F', '-L', 'LIVEUP-DATA', data], log);
+    }
     mkdirSync(mnt, { recursive: true });
     sh('mount', [part, mnt], log);
     mounted = true;

@@ -10,8 +10,12 @@
  *    unchanged, `hello` installed, status says running 2.
  * 3. A reboot boots generation 2's image from GRUB (the trial), the boot check
  *    passes, and `hello` is there from the clean image.
+ * 4. Persistence: the disk's LIVEUP-DATA partition is /var/lib/liveup — the
+ *    journal, the enrollment and a file written there survive the reboot, a
+ *    file written elsewhere on / does not, and the machine keeps its id.
  * Throughout, the machine is enrolled with `liveup fleet serve` (in the same
- * namespace, 10.0.2.2:8443) and shows there with what it runs.
+ * namespace, 10.0.2.2:8443) and shows there with what it runs, before and
+ * after the reboot, as one machine.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -68,7 +72,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     image = join(work, 'disk.img');
     const meta = JSON.parse(readFileSync(join(gen1, 'generation.json'), 'utf8')) as { kernel: { version: string } };
     assembleDisk({
-      image, sizeMiB: 2048, defaultVersion: 1, log,
+      image, sizeMiB: 2304, dataMiB: 256, defaultVersion: 1, log,
       generations: [{
         version: 1, gendir: join(repo, 'generations', '1'), name: 'vmtest-agent', kernelVersion: meta.kernel.version, state: 'good',
         cmdline,
@@ -108,12 +112,15 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-agent')).out.trim() !== 'active'; i++) await new Promise((r) => setTimeout(r, 2000));
     expect((await vm.sh('systemctl is-active liveup-agent liveup-boot-medium')).out.trim().split('\n')).toEqual(['active', 'active']);
     expect((await vm.sh('findmnt -no OPTIONS /run/liveup/boot')).out).toMatch(/^rw/);
+    // The data partition is the agent's state directory, mounted by the initramfs.
+    expect((await vm.sh('findmnt -no SOURCE,FSTYPE /var/lib/liveup')).out.trim()).toMatch(/^\/dev\/\S+2 ext4$/);
     const bootId = (await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim();
     expect((await vm.sh('dpkg-query -W hello')).rc).not.toBe(0);
     // Enrolled with the fleet as an administrator would; the daemon picks the drop-in up by itself.
     const enroll = await vm.sh(`agentctl enroll http://10.0.2.2:${FLEET_PORT}/ --token ${fleetToken} --group vm`);
     expect(enroll.rc, enroll.out).toBe(0);
     const machineId = (await vm.sh('cat /etc/machine-id')).out.trim();
+    expect((await vm.sh('cat /var/lib/liveup/machine-id')).out.trim()).toBe(machineId);
     /** Send now, then what the endpoint holds for this machine. */
     const onEndpoint = async () => {
       let sent = { rc: 1, out: '' };
@@ -147,6 +154,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect(seqs).toEqual(Array.from({ length: seqs.length }, (_, i) => i + 1));
 
     // Reboot: GRUB tries generation 2's image; its boot check passes.
+    await vm.sh('echo kept > /var/lib/liveup/probe; echo gone > /root/probe; sync');
     const before = vm.console().length;
     await vm.sh('systemctl reboot', 10_000).catch(() => undefined);
     const m = await vm.waitFor(new RegExp(`${MARKER} booted=2\\s*$`, 'm'), 400_000);
@@ -158,5 +166,20 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-boot-check')).out.trim() === 'activating'; i++) await new Promise((r) => setTimeout(r, 2000));
     expect((await vm.sh('systemctl is-active liveup-boot-check')).out.trim()).toBe('active');
     expect((await vm.sh('grub-editenv /run/liveup/boot/grub/grubenv list')).out).not.toMatch(/liveup_try_version=2/);
+
+    // Persistence: what is on the data partition stayed, the rest of / is the clean image again.
+    expect((await vm.sh('cat /var/lib/liveup/probe')).out.trim()).toBe('kept');
+    expect((await vm.sh('test -e /root/probe')).rc).not.toBe(0);
+    expect((await vm.sh('cat /etc/machine-id')).out.trim()).toBe(machineId);
+    // The same journal: the live replay of the previous boot is in its history, and 2 is now good.
+    const history = (await vm.sh('agentctl history --json')).out;
+    expect(history).toMatch(/applied-live|live-apply/);
+    const after = JSON.parse((await vm.sh('agentctl status --json')).out.trim()) as { bootedVersion: number; lastGoodVersion: number };
+    expect(after).toMatchObject({ bootedVersion: 2, lastGoodVersion: 2 });
+    // Still enrolled (the enrollment is on the data partition): the endpoint sees the same machine on 2, healthy.
+    const seenAfter = (await onEndpoint())!;
+    expect(seenAfter.machine.report).toMatchObject({ bootedVersion: 2, health: 'good', lastGoodVersion: 2 });
+    const allSeqs = seenAfter.history.map((h) => h.seq).sort((a, b) => a - b);
+    expect(allSeqs).toEqual(Array.from({ length: allSeqs.length }, (_, i) => i + 1));
   }, 40 * 60_000);
 });

@@ -7,21 +7,26 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LiveupError } from '../../channel/errors.js';
-import { DEFAULT_DROP_IN_DIR } from '../../config.js';
+import { DEFAULT_LOCAL_DROP_IN_DIR } from '../../config.js';
 import { writeFileAtomic } from '../../util/fsatomic.js';
 import { EXIT, optString, requireString, type Command } from '../framework.js';
+
+/** Beside the journal, on the persistent data partition (see DEFAULT_LOCAL_DROP_IN_DIR). */
+const DEFAULT_TOKEN_FILE = '/var/lib/liveup/fleet.token';
 
 export const enrollCmd: Command = {
   path: ['enroll'],
   summary: 'report to a fleet endpoint: store its token (root only) and point the agent at it',
   usage: 'URL --token TOKEN [--group GROUP] [--config-dir DIR] [--token-file FILE]',
-  description: 'Writes TOKEN to /etc/liveup/fleet.token (0600) and /etc/liveup/agent.d/50-fleet.json.',
+  description:
+    'Writes TOKEN to /var/lib/liveup/fleet.token (0600) and /var/lib/liveup/agent.d/50-fleet.json: the machine\'s own\n' +
+    'settings, on the persistent data partition, so the enrollment outlives reboots and new generations.',
   positionals: { min: 1, max: 1 },
   options: {
     token: { type: 'string', description: 'bearer token from `liveup fleet token create`', valueName: 'TOKEN' },
     group: { type: 'string', description: 'FleetLock reboot group [default: default]', valueName: 'GROUP' },
-    'config-dir': { type: 'string', description: 'drop-in directory', default: DEFAULT_DROP_IN_DIR, valueName: 'DIR' },
-    'token-file': { type: 'string', description: 'where the token goes', default: '/etc/liveup/fleet.token', valueName: 'FILE' },
+    'config-dir': { type: 'string', description: 'drop-in directory', default: DEFAULT_LOCAL_DROP_IN_DIR, valueName: 'DIR' },
+    'token-file': { type: 'string', description: 'where the token goes', default: DEFAULT_TOKEN_FILE, valueName: 'FILE' },
   },
   async run({ values, positionals, io, json }) {
     const url = positionals[0]!;
@@ -31,8 +36,8 @@ export const enrollCmd: Command = {
     const token = requireString(values, 'token').trim();
     if (!/^[\x21-\x7e]{8,512}$/.test(token)) throw new LiveupError('INVALID_ARGUMENT', '--token must be 8 to 512 printable characters without spaces');
     const group = optString(values, 'group') ?? 'default';
-    const dir = optString(values, 'config-dir') ?? DEFAULT_DROP_IN_DIR;
-    const tokenFile = optString(values, 'token-file') ?? '/etc/liveup/fleet.token';
+    const dir = optString(values, 'config-dir') ?? DEFAULT_LOCAL_DROP_IN_DIR;
+    const tokenFile = optString(values, 'token-file') ?? DEFAULT_TOKEN_FILE;
     await mkdir(dir, { recursive: true });
     await writeFileAtomic(tokenFile, `${token}\n`, { mode: 0o600 });
     const dropIn = join(dir, '50-fleet.json');
