@@ -17,7 +17,7 @@ PKGS=(squashfs-tools grub-common grub-pc-bin dbus debootstrap kexec-tools
       e2fsprogs dosfstools util-linux iproute2 python3 make g++ curl ca-certificates
       apt-utils debmirror gpgv xz-utils xorriso mtools grub-efi-amd64-bin
       dpkg-dev binutils lintian zstd shellcheck busybox
-      postgresql chromium)
+      postgresql chromium fdisk)
 [ "${LIVEUP_SETUP_VM:-0}" = 1 ] && PKGS+=(qemu-system-x86 qemu-utils ovmf)
 missing=()
 for p in "${PKGS[@]}"; do

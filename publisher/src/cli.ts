@@ -8,6 +8,8 @@ import {
 } from '../../agent/src/cli/framework.js';
 import { build, DEFAULT_CACHE } from './factory/build.js';
 import { writeIso } from './iso.js';
+import { checkedGeneration, makeDisk } from './disk.js';
+import { existsSync } from 'node:fs';
 import { FLEET_COMMANDS } from '../../fleet/src/cli.js';
 import { derive, DEFAULT_REBOOT_PACKAGES } from './factory/derive.js';
 import { generateKey } from './key.js';
@@ -283,6 +285,56 @@ const isoCmd: Command = {
   },
 };
 
+/** `--size 8G`, `512M` → MiB. */
+function parseMiB(s: string, what: string): number {
+  const m = /^(\d+)\s*([MG])i?B?$/i.exec(s.trim());
+  if (!m) throw new LiveupError('INVALID_ARGUMENT', `${what} ${s}: expected a size like 8G or 512M`);
+  return Number(m[1]) * (m[2]!.toUpperCase() === 'G' ? 1024 : 1);
+}
+
+const diskCmd: Command = {
+  path: ['disk'],
+  summary: 'write a bootable disk image (BIOS and UEFI) for a new machine: boot and data partitions, GRUB, a generation',
+  usage: '--gendir REPO/generations/N --out FILE.img [--keyring PUB.asc] [--size 8G] [--data-size 1G] [--serial] [--bios-only] [--force]',
+  description:
+    'The layout the agent and the initramfs expect: LIVEUP-BOOT (live/<N>/, GRUB, grubenv), LIVEUP-DATA (the\n' +
+    'machine\'s /var/lib/liveup) and an EFI system partition. GENDIR is a published generation; its artifacts are\n' +
+    'checked against its manifest, and with --keyring the manifest\'s signature too. Write the image to the machine\'s\n' +
+    'disk with `dd if=FILE.img of=/dev/sdX bs=4M conv=fsync`, then grow the data partition if you like.\n' +
+    'Written to a temporary name: a failed run leaves no FILE.',
+  options: {
+    gendir: { type: 'string', description: 'published generation directory (REPO/generations/<N>)', valueName: 'GENDIR' },
+    out: { type: 'string', description: 'disk image to write', valueName: 'FILE' },
+    keyring: { type: 'string', description: 'check the manifest\'s signature against these key(s)', valueName: 'PUB.asc' },
+    size: { type: 'string', description: 'image size [default: 4G]', valueName: 'SIZE' },
+    'data-size': { type: 'string', description: 'data partition size [default: 512M]', valueName: 'SIZE' },
+    serial: { type: 'boolean', description: 'GRUB and kernel console also on ttyS0 (115200 baud)' },
+    'bios-only': { type: 'boolean', description: 'no EFI system partition' },
+    force: { type: 'boolean', description: 'replace FILE if it exists' },
+  },
+  async run({ values, io, json }) {
+    const t0 = Date.now();
+    const gendir = requireString(values, 'gendir');
+    const out = requireString(values, 'out');
+    if (values.force !== true && existsSync(out)) throw new LiveupError('ALREADY_EXISTS', `${out} exists; pass --force to replace it`, { file: out });
+    const g = await checkedGeneration(gendir, optString(values, 'keyring'), (l) => io.err(l));
+    const consoles = values.serial === true ? ' console=tty0 console=ttyS0,115200' : '';
+    const layout = {
+      sizeMiB: parseMiB(optString(values, 'size') ?? '4G', '--size'),
+      dataMiB: parseMiB(optString(values, 'data-size') ?? '512M', '--data-size'),
+      espMiB: values['bios-only'] === true ? 0 : 64,
+    };
+    await makeDisk({
+      out, layout, defaultVersion: g.version, serial: values.serial === true, log: (l) => io.err(l),
+      generations: [{ version: g.version, dir: gendir, name: g.name, kernelVersion: g.kernelVersion, cmdline: `${g.cmdline}${consoles}`.trim() }],
+    });
+    const firmware = layout.espMiB > 0 ? ['bios', 'uefi'] : ['bios'];
+    if (json) io.out(JSON.stringify({ ok: true, path: out, version: g.version, firmware, sizeMiB: layout.sizeMiB, dataMiB: layout.dataMiB, seconds: (Date.now() - t0) / 1000 }));
+    else io.out(`wrote ${out}: generation ${g.version}, ${layout.sizeMiB} MiB, boots with ${firmware.map((f) => f.toUpperCase()).join(' and ')} (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
+    return EXIT.OK;
+  },
+};
+
 const deriveCmd: Command = {
   path: ['derive'],
   summary: 'derive a generation from the latest one by installing, removing or upgrading packages',
@@ -419,7 +471,7 @@ const mirrorSyncCmd: Command = {
   },
 };
 
-export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, isoCmd, ...FLEET_COMMANDS, rolloutCmd, publishCmd, verifyCmd, serveCmd, mirrorVerifyCmd, mirrorSyncCmd];
+export const COMMANDS: Command[] = [keyGenerate, buildCmd, deriveCmd, isoCmd, diskCmd, ...FLEET_COMMANDS, rolloutCmd, publishCmd, verifyCmd, serveCmd, mirrorVerifyCmd, mirrorSyncCmd];
 
 export const BLURB = 'liveup: build, sign and publish generations of live Debian systems.';
 

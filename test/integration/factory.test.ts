@@ -150,6 +150,21 @@ describe.skipIf(skip)('liveup build / derive (real debootstrap and apt)', () => 
       .toBeGreaterThan(g.changes.findIndex((c) => /^linux-image-\d/.test(c.package)));
   }, LONG);
 
+  it('a physical machine gets firmware and CPU microcode from non-free-firmware', async () => {
+    await writeFile(join(dir, 'profile', 'physical.json'), JSON.stringify({
+      format: 1, name: 'factory-physical', version: '1.0', machine: 'physical', agent: false, compression: { algorithm: 'zstd', level: 1 },
+    }));
+    const out = join(dir, 'physical');
+    const r = await cli(['build', '--profile', join(dir, 'profile', 'physical.json'), '--out', out, '--json']);
+    expect(r.code, r.stderr.slice(-3000)).toBe(0);
+    const { packages } = JSON.parse(await readFile(join(out, 'packages.json'), 'utf8')) as { packages: Record<string, string> };
+    expect(Object.keys(packages)).toEqual(expect.arrayContaining(['firmware-linux-free', 'intel-microcode', 'amd64-microcode', 'linux-image-amd64', 'live-boot']));
+    const l = listing(join(out, 'filesystem.squashfs'));
+    expect(l.some((x) => /\/lib\/firmware\/intel-ucode\//.test(x))).toBe(true);
+    expect(l.some((x) => /\/lib\/firmware\/amd-ucode\//.test(x))).toBe(true);
+    await rm(out, { recursive: true, force: true });
+  }, 2 * LONG);
+
   it('a failed build leaves no GENDIR, no temporary tree and no mounts, and removes a leftover tmp', async () => {
     await writeFile(join(dir, 'profile', 'bad.json'), JSON.stringify({ format: 1, name: 'bad', version: '1', machine: 'container', packages: ['no-such-package-liveup'] }));
     const out = join(dir, 'bad');

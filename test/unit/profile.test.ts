@@ -115,6 +115,12 @@ describe('parseProfile', () => {
     expect(p.sources[0]!.keyring).toBeUndefined();
   });
 
+  it('refuses a physical machine whose sources lack non-free-firmware (its microcode lives there)', () => {
+    fails({ ...minimal, machine: 'physical', insecureNoCheckGpg: true, sources: [{ uri: 'http://x/debian', components: ['main'] }] }, 'sources', /non-free-firmware/);
+    expect(parse({ ...minimal, machine: 'physical', insecureNoCheckGpg: true, sources: [{ uri: 'http://x/debian', components: ['main', 'non-free-firmware'] }] }).machine).toBe('physical');
+    expect(parse({ ...minimal, machine: 'physical' }).sources[0]!.components).toContain('non-free-firmware');
+  });
+
   it('reports invalid JSON as PROFILE_INVALID', () => {
     expect(() => parseProfile('{"format":1,', 'p.json')).toThrow(expect.objectContaining({ code: 'PROFILE_INVALID' }));
   });

@@ -176,6 +176,10 @@ export function parseProfile(text: string, file: string, baseDir: string = dirna
       }
       return { uri: uri.replace(/\/+$/, ''), suite: r.optString(so, 'suite', p, { pattern: SUITE_RE, what: 'a Debian suite name' }) ?? suite, components, keyring };
     });
+    // Caught here rather than as apt's "Unable to locate package intel-microcode" twenty minutes in.
+    if (machine === 'physical' && !sources.some((s) => s.components.includes('non-free-firmware'))) {
+      r.fail('sources', 'machine "physical" installs intel-microcode and amd64-microcode from the "non-free-firmware" component: add it to a source\'s components');
+    }
   }
 
   const packages = o.packages === undefined ? [] : r.array(o, 'packages', '').map((v, i) => {

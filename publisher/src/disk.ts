@@ -1,0 +1,257 @@
+/**
+ * `liveup disk`: a bootable disk image for a new machine, in the layout the
+ * agent and the initramfs expect, to be written to the machine's disk with
+ * `dd` (or booted as a VM disk):
+ *
+ *   p1  LIVEUP-BOOT  ext4   live/<v>/{vmlinuz,initrd.img,filesystem.squashfs,manifest.json,…},
+ *                           grub/{grub.cfg,grubenv,i386-pc/,x86_64-efi/}
+ *   p2  LIVEUP-DATA  ext4   /var/lib/liveup on the running machine (journal, enrollment,
+ *                           machine id, persistent paths), empty here
+ *   p3  ESP          FAT    EFI/BOOT/BOOTX64.EFI (UEFI firmware's removable-media path)
+ *
+ * An MBR (not GPT): SeaBIOS and every PC BIOS boot it, and UEFI firmware
+ * accepts an ESP of type 0xEF on it. GRUB for BIOS goes into the MBR gap
+ * (boot.img + core.img, what grub-bios-setup does: grub-install cannot map
+ * loop partitions to BIOS drives); for UEFI, grub-mkimage's x86_64-efi image.
+ * Both carry the same small embedded config: find the partition holding
+ * `/live/.liveup-boot` and read its grub/grub.cfg, so disk order and firmware
+ * do not matter. grub.cfg is rendered by the agent's own renderer
+ * (core/bootmenu.ts): the agent rewrites it later from its journal.
+ *
+ * Everything is written into a temporary file next to the output and renamed
+ * at the end: a failure leaves no half image. Needs root (loop devices).
+ */
+import { closeSync, existsSync, openSync, readFileSync, writeSync, ftruncateSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { LiveupError } from '../../agent/src/channel/errors.js';
+import { renderBootMenu } from '../../agent/src/core/bootmenu.js';
+import { parseManifest } from '../../agent/src/channel/schema.js';
+import { loadKeyring, verifyDetached } from '../../agent/src/channel/signature.js';
+import { verifyArtifactFile } from '../../agent/src/channel/verify.js';
+import { run } from './exec.js';
+import { onPath } from '../../agent/src/util/path.js';
+
+export const BOOT_LABEL = 'LIVEUP-BOOT';
+export const DATA_LABEL = 'LIVEUP-DATA';
+/** The file GRUB searches for; only a liveup boot partition has it. */
+export const BOOT_MARKER = '/live/.liveup-boot';
+
+const SECTOR = 512;
+const START_LBA = 2048; // 1 MiB: the MBR gap GRUB's core.img lives in
+const MiB = 1024 * 1024;
+const GRUB_LIB = '/usr/lib/grub';
+
+export interface DiskGeneration {
+  readonly version: number;
+  /** A published generation directory: vmlinuz, initrd.img, filesystem.squashfs, manifest.json(.sig), packages.json. */
+  readonly dir: string;
+  readonly name: string;
+  readonly kernelVersion: string;
+  readonly cmdline: string;
+}
+
+export interface DiskLayout {
+  readonly sizeMiB: number;
+  readonly dataMiB: number;
+  /** 0: no ESP (BIOS only). */
+  readonly espMiB: number;
+}
+
+export interface Partition {
+  readonly number: number;
+  readonly startLba: number;
+  readonly sectors: number;
+  /** MBR type: 0x83 Linux, 0xef EFI system partition. */
+  readonly type: number;
+  readonly bootable: boolean;
+}
+
+/** The partitions of a disk of this layout. Pure. */
+export function planPartitions(l: DiskLayout): Partition[] {
+  const total = (l.sizeMiB * MiB) / SECTOR;
+  const data = (l.dataMiB * MiB) / SECTOR;
+  const esp = (l.espMiB * MiB) / SECTOR;
+  const boot = total - START_LBA - data - esp;
+  if (l.dataMiB < 16) throw new LiveupError('INVALID_ARGUMENT', `data partition of ${l.dataMiB} MiB: at least 16 MiB`);
+  if (boot * SECTOR < 64 * MiB) throw new LiveupError('INVALID_ARGUMENT', `a ${l.sizeMiB} MiB disk leaves ${Math.floor((boot * SECTOR) / MiB)} MiB for the boot partition: make it larger`);
+  const parts: Partition[] = [
+    { number: 1, startLba: START_LBA, sectors: boot, type: 0x83, bootable: true },
+    { number: 2, startLba: START_LBA + boot, sectors: data, type: 0x83, bootable: false },
+  ];
+  if (esp > 0) parts.push({ number: 3, startLba: START_LBA + boot + data, sectors: esp, type: 0xef, bootable: false });
+  return parts;
+}
+
+/** The 512-byte MBR for these partitions (no boot code: GRUB's goes in later). Pure. */
+export function mbrSector(parts: readonly Partition[]): Buffer {
+  const mbr = Buffer.alloc(SECTOR);
+  for (const p of parts) {
+    const e = 446 + (p.number - 1) * 16;
+    mbr[e] = p.bootable ? 0x80 : 0;
+    mbr.writeUIntLE(0xfffffe, e + 1, 3); // CHS unused: LBA only
+    mbr[e + 4] = p.type;
+    mbr.writeUIntLE(0xfffffe, e + 5, 3);
+    mbr.writeUInt32LE(p.startLba, e + 8);
+    mbr.writeUInt32LE(p.sectors, e + 12);
+  }
+  mbr.writeUInt32LE(0x4c495645, 440); // disk signature "LIVE"
+  mbr[510] = 0x55;
+  mbr[511] = 0xaa;
+  return mbr;
+}
+
+export interface MakeDiskOptions {
+  readonly out: string;
+  readonly layout: DiskLayout;
+  readonly generations: readonly DiskGeneration[];
+  readonly defaultVersion: number;
+  /** GRUB on the serial console too (ttyS0, 115200): servers and VMs. */
+  readonly serial: boolean;
+  /** Extra grubenv variables (tests set a trial). */
+  readonly grubenv?: Readonly<Record<string, string>>;
+  /** Called with the mounted boot partition before it is closed (tests tamper with a file). */
+  readonly beforeClose?: (bootMount: string) => Promise<void> | void;
+  readonly log?: (line: string) => void;
+}
+
+/** GRUB's embedded config: find the liveup boot partition wherever the disk is, then its grub.cfg. */
+const EARLY_CFG = `search --no-floppy --set=root --file ${BOOT_MARKER}\nset prefix=($root)/grub\n`;
+const GRUB_MODULES = ['part_msdos', 'ext2', 'search', 'search_fs_file', 'configfile', 'normal', 'echo', 'test', 'loadenv', 'linux', 'serial', 'terminal'];
+
+export async function makeDisk(o: MakeDiskOptions): Promise<void> {
+  const log = o.log ?? (() => undefined);
+  if (o.generations.length === 0) throw new LiveupError('INVALID_ARGUMENT', 'no generation to put on the disk');
+  if (!o.generations.some((g) => g.version === o.defaultVersion)) throw new LiveupError('INVALID_ARGUMENT', `default generation ${o.defaultVersion} is not on the disk`);
+  const uefi = o.layout.espMiB > 0;
+  for (const need of ['i386-pc', ...(uefi ? ['x86_64-efi'] : [])]) {
+    if (!existsSync(join(GRUB_LIB, need))) throw new LiveupError('BUILD_FAILED', `${join(GRUB_LIB, need)} is missing: apt-get install ${need === 'i386-pc' ? 'grub-pc-bin' : 'grub-efi-amd64-bin'}`);
+  }
+  for (const [tool, pkg] of [['grub-mkimage', 'grub-common'], ['mkfs.ext4', 'e2fsprogs'], ['partx', 'util-linux'], ...(uefi ? [['mkfs.vfat', 'dosfstools'], ['mcopy', 'mtools']] : [])] as const) {
+    if (!(await onPath(tool))) throw new LiveupError('BUILD_FAILED', `${tool} is needed to write a disk image: apt-get install ${pkg}`, { tool });
+  }
+  const parts = planPartitions(o.layout);
+  const tmp = join(dirname(o.out), `.${basename(o.out)}.tmp-${process.pid}`);
+  const work = await mkdtemp(join(dirname(o.out), `.${basename(o.out)}.work-`));
+  let loop: string | null = null;
+  const mounted: string[] = [];
+  try {
+    const fd = openSync(tmp, 'w');
+    try {
+      ftruncateSync(fd, o.layout.sizeMiB * MiB);
+      writeSync(fd, mbrSector(parts), 0, SECTOR, 0);
+    } finally {
+      closeSync(fd);
+    }
+    loop = (await run('losetup', ['-f', '--show', tmp])).stdout.trim();
+    // losetup -P does not create partition nodes on every kernel; partx does.
+    await run('partx', ['-a', loop]);
+    const dev = (n: number): string => `${loop}p${n}`;
+    for (const p of parts) await waitFor(dev(p.number));
+    log('formatting: boot, data' + (uefi ? ', EFI system partition' : ''));
+    await run('mkfs.ext4', ['-q', '-F', '-L', BOOT_LABEL, dev(1)]);
+    await run('mkfs.ext4', ['-q', '-F', '-L', DATA_LABEL, dev(2)]);
+    if (uefi) await run('mkfs.vfat', ['-F', '32', '-n', 'LIVEUP-ESP', dev(3)]);
+
+    const boot = join(work, 'boot');
+    await mkdir(boot);
+    await run('mount', [dev(1), boot]);
+    mounted.push(boot);
+    for (const g of o.generations) {
+      const d = join(boot, 'live', String(g.version));
+      await mkdir(d, { recursive: true });
+      log(`copying generation ${g.version}`);
+      for (const f of ['vmlinuz', 'initrd.img', 'filesystem.squashfs', 'manifest.json', 'manifest.json.sig', 'packages.json']) {
+        if (existsSync(join(g.dir, f))) await copyFile(join(g.dir, f), join(d, f));
+        else if (!f.startsWith('packages')) throw new LiveupError('NOT_FOUND', `${join(g.dir, f)} is missing: is ${g.dir} a published generation?`, { file: join(g.dir, f) });
+      }
+    }
+    await writeFile(join(boot, BOOT_MARKER), 'liveup boot medium\n');
+    await mkdir(join(boot, 'grub'), { recursive: true });
+    const menu = renderBootMenu({
+      generations: o.generations.map((g) => ({ version: g.version, name: g.name, kernelVersion: g.kernelVersion, cmdline: g.cmdline, state: 'good' as const })),
+      defaultVersion: o.defaultVersion,
+      tryVersion: null,
+      root: { kind: 'file', path: BOOT_MARKER },
+      timeoutSeconds: o.serial ? 1 : 3,
+      serial: o.serial,
+    });
+    await writeFile(join(boot, 'grub', 'grub.cfg'), menu.text);
+    await run('grub-editenv', [join(boot, 'grub', 'grubenv'), 'create']);
+    const vars = Object.entries(o.grubenv ?? {}).map(([k, v]) => `${k}=${v}`);
+    if (vars.length) await run('grub-editenv', [join(boot, 'grub', 'grubenv'), 'set', ...vars]);
+    // Modules for grub.cfg's insmod, per platform.
+    for (const platform of ['i386-pc', ...(uefi ? ['x86_64-efi'] : [])]) {
+      await mkdir(join(boot, 'grub', platform), { recursive: true });
+      for (const f of await readdir(join(GRUB_LIB, platform))) {
+        if (/\.(mod|lst)$/.test(f)) await copyFile(join(GRUB_LIB, platform, f), join(boot, 'grub', platform, f));
+      }
+    }
+    await writeFile(join(work, 'early.cfg'), EARLY_CFG);
+    if (uefi) {
+      // Written with mtools, not mounted: the kernel writing the image may lack vfat.
+      const efi = join(work, 'BOOTX64.EFI');
+      await run('grub-mkimage', ['-O', 'x86_64-efi', '-o', efi, '-c', join(work, 'early.cfg'), '-p', '/grub', ...GRUB_MODULES, 'part_gpt', 'fat']);
+      await run('mmd', ['-i', dev(3), '::/EFI', '::/EFI/BOOT']);
+      await run('mcopy', ['-i', dev(3), efi, '::/EFI/BOOT/BOOTX64.EFI']);
+    }
+    await o.beforeClose?.(boot);
+    while (mounted.length) await run('umount', [mounted.pop()!]);
+    await run('partx', ['-d', loop]).catch(() => undefined);
+    await run('losetup', ['-d', loop]);
+    loop = null;
+
+    // BIOS: boot.img's code (440 bytes; the partition table stays) in sector 0, core.img from sector 1.
+    const core = join(work, 'core.img');
+    await run('grub-mkimage', ['-O', 'i386-pc', '-o', core, '-c', join(work, 'early.cfg'), '-p', '/grub', 'biosdisk', ...GRUB_MODULES]);
+    const coreBytes = readFileSync(core);
+    if (coreBytes.length > (START_LBA - 1) * SECTOR) throw new LiveupError('BUILD_FAILED', `GRUB's core.img (${coreBytes.length} bytes) does not fit before the first partition`);
+    const bootImg = readFileSync(join(GRUB_LIB, 'i386-pc', 'boot.img'));
+    const fd2 = openSync(tmp, 'r+');
+    try {
+      writeSync(fd2, bootImg, 0, 440, 0);
+      writeSync(fd2, coreBytes, 0, coreBytes.length, SECTOR);
+    } finally {
+      closeSync(fd2);
+    }
+    await rename(tmp, o.out);
+    log(`wrote ${o.out}: boot ${Math.round((parts[0]!.sectors * SECTOR) / MiB)} MiB, data ${o.layout.dataMiB} MiB${uefi ? `, ESP ${o.layout.espMiB} MiB` : ''}; BIOS${uefi ? ' and UEFI' : ''}`);
+  } finally {
+    while (mounted.length) await run('umount', [mounted.pop()!]).catch(() => undefined);
+    if (loop) {
+      await run('partx', ['-d', loop]).catch(() => undefined);
+      await run('losetup', ['-d', loop]).catch(() => undefined);
+    }
+    await rm(tmp, { force: true });
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A published generation, checked before it goes on a disk: every artifact
+ * against the manifest's length and SHA-512 (a corrupt copy would make a
+ * machine that cannot boot), and with a keyring the manifest's signature.
+ */
+export async function checkedGeneration(gendir: string, keyringPath: string | undefined, log: (l: string) => void): Promise<{ version: number; name: string; kernelVersion: string; cmdline: string }> {
+  const mpath = join(gendir, 'manifest.json');
+  if (!existsSync(mpath) || !existsSync(`${mpath}.sig`)) {
+    throw new LiveupError('NOT_FOUND', `${gendir} is not a published generation (no manifest.json and .sig): liveup publish it, then use REPO/generations/<N>`, { file: mpath });
+  }
+  const bytes = readFileSync(mpath);
+  if (keyringPath) {
+    await verifyDetached(bytes, readFileSync(`${mpath}.sig`), await loadKeyring(keyringPath), { threshold: 1, now: new Date(), source: mpath });
+    log(`manifest signature verified (${keyringPath})`);
+  } else log('note: the manifest signature is not checked (pass --keyring to check it)');
+  const m = parseManifest(bytes, mpath);
+  for (const a of m.artifacts) {
+    if (a.role === 'packages' && !existsSync(join(gendir, a.path))) continue;
+    log(`checking ${a.path} (${(a.length / 1e6).toFixed(0)} MB)`);
+    await verifyArtifactFile(join(gendir, a.path), a, join(gendir, a.path));
+  }
+  return { version: m.version, name: m.name, kernelVersion: m.kernel.version, cmdline: m.kernel.cmdline };
+}
+
+async function waitFor(path: string): Promise<void> {
+  for (let i = 0; i < 50 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 100));
+  if (!existsSync(path)) throw new LiveupError('BUILD_FAILED', `${path} did not appear (loop partitions)`);
+}

@@ -1,0 +1,96 @@
+/**
+ * `liveup disk` as an administrator runs it: a published generation becomes
+ * a disk image with the boot, data and EFI partitions the agent and the
+ * initramfs expect, GRUB for BIOS (MBR gap) and UEFI (removable path), read
+ * back here with sfdisk, blkid and the mounted file systems. That it boots is
+ * proven in QEMU by test/vm/live.test.ts (BIOS), test/vm/disk.test.ts (UEFI).
+ */
+import { describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { appendFile, mkdir, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tmp } from '../helpers/tmp.js';
+import { makeGendir, makeKey } from '../helpers/fixtures.js';
+import { runCli } from '../helpers/cli.js';
+import { publish } from '../../publisher/src/publish.js';
+import { mbrSector, planPartitions } from '../../publisher/src/disk.js';
+
+const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+
+describe('liveup disk', () => {
+  it('lays out boot, data and EFI partitions; refuses what does not fit', () => {
+    const p = planPartitions({ sizeMiB: 1024, dataMiB: 256, espMiB: 64 });
+    expect(p.map((x) => [x.number, x.type, (x.sectors * 512) / 2 ** 20])).toEqual([[1, 0x83, 1024 - 1 - 256 - 64], [2, 0x83, 256], [3, 0xef, 64]]);
+    expect(p[1]!.startLba).toBe(p[0]!.startLba + p[0]!.sectors);
+    const mbr = mbrSector(p);
+    expect(mbr.readUInt16BE(510)).toBe(0x55aa);
+    expect(mbr[446]).toBe(0x80); // the boot partition is active
+    expect(() => planPartitions({ sizeMiB: 300, dataMiB: 256, espMiB: 64 })).toThrow(/make it larger/);
+    expect(() => planPartitions({ sizeMiB: 4096, dataMiB: 8, espMiB: 64 })).toThrow(/at least 16 MiB/);
+  });
+
+  it('writes a published generation with GRUB for BIOS and UEFI; a corrupt artifact or a wrong key writes nothing', async () => {
+    const dir = await tmp();
+    const key = await makeKey(join(dir, 'keys'));
+    const repo = join(dir, 'repo');
+    await publish({ repo, channel: 'stable', gendir: await makeGendir(join(dir, 'g')), keys: [key.priv], indexTtlMs: 86400e3, manifestTtlMs: 86400e3, cmdline: 'boot=live components' });
+    const gendir = join(repo, 'generations', '1');
+    const img = join(dir, 'out', 'machine.img');
+    await mkdir(join(dir, 'out'));
+    const r = await runCli('liveup', ['disk', '--gendir', gendir, '--out', img, '--keyring', key.pubPath, '--size', '400M', '--data-size', '64M', '--serial', '--json']);
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, path: img, version: 1, firmware: ['bios', 'uefi'], sizeMiB: 400, dataMiB: 64 });
+    expect(r.stderr).toMatch(/manifest signature verified/);
+
+    const table = JSON.parse(sh('sfdisk', ['--json', img])) as { partitiontable: { label: string; partitions: { type: string; bootable?: boolean }[] } };
+    expect(table.partitiontable.label).toBe('dos');
+    expect(table.partitiontable.partitions.map((x) => x.type)).toEqual(['83', '83', 'ef']);
+    // BIOS: GRUB's boot.img code in the MBR and core.img in the gap behind it.
+    const head = readFileSync(img).subarray(0, 1024 * 1024);
+    expect(head.subarray(0, 440).some((b) => b !== 0)).toBe(true);
+    expect(head.subarray(512, 1024).some((b) => b !== 0)).toBe(true);
+
+    const loop = sh('losetup', ['-f', '--show', img]).trim();
+    const mnt = join(dir, 'mnt');
+    try {
+      sh('partx', ['-a', loop]);
+      for (let i = 0; i < 50 && !existsSync(`${loop}p3`); i++) execFileSync('sleep', ['0.1']);
+      expect(sh('blkid', ['-s', 'LABEL', '-o', 'value', `${loop}p1`]).trim()).toBe('LIVEUP-BOOT');
+      expect(sh('blkid', ['-s', 'LABEL', '-o', 'value', `${loop}p2`]).trim()).toBe('LIVEUP-DATA');
+      expect(sh('blkid', ['-s', 'TYPE', '-o', 'value', `${loop}p3`]).trim()).toBe('vfat');
+      await mkdir(mnt);
+      sh('mount', ['-o', 'ro', `${loop}p1`, mnt]);
+      try {
+        expect((await readdir(join(mnt, 'live', '1'))).sort()).toEqual(['filesystem.squashfs', 'initrd.img', 'manifest.json', 'manifest.json.sig', 'vmlinuz']);
+        expect(readFileSync(join(mnt, 'live', '1', 'filesystem.squashfs'))).toEqual(readFileSync(join(gendir, 'filesystem.squashfs')));
+        const cfg = readFileSync(join(mnt, 'grub', 'grub.cfg'), 'utf8');
+        expect(cfg).toMatch(/search --no-floppy --set=root --file '\/live\/\.liveup-boot'/);
+        expect(cfg).toMatch(/linux \/live\/1\/vmlinuz .*boot=live components console=tty0 console=ttyS0,115200.*liveup\.generation=1/);
+        expect(sh('grub-editenv', [join(mnt, 'grub', 'grubenv'), 'list'])).toBe('');
+        expect(existsSync(join(mnt, 'grub', 'i386-pc', 'linux.mod'))).toBe(true);
+        expect(existsSync(join(mnt, 'grub', 'x86_64-efi', 'linux.mod'))).toBe(true);
+      } finally {
+        sh('umount', [mnt]);
+      }
+      execFileSync('mcopy', ['-i', `${loop}p3`, '::/EFI/BOOT/BOOTX64.EFI', join(dir, 'BOOTX64.EFI')]);
+      expect(readFileSync(join(dir, 'BOOTX64.EFI')).subarray(0, 2).toString()).toBe('MZ'); // a PE image, where UEFI looks on removable media
+    } finally {
+      execFileSync('sh', ['-c', `partx -d ${loop} 2>/dev/null; losetup -d ${loop}`]);
+    }
+
+    // A wrong key, or an artifact that no longer matches its manifest: refused, nothing written.
+    const other = await makeKey(join(dir, 'other'));
+    const img2 = join(dir, 'out', 'two.img');
+    const wrongKey = await runCli('liveup', ['disk', '--gendir', gendir, '--out', img2, '--keyring', other.pubPath, '--size', '400M', '--data-size', '64M']);
+    expect(wrongKey.code).not.toBe(0);
+    expect(wrongKey.stderr).toMatch(/KEY_NOT_TRUSTED|SIGNATURE/);
+    await appendFile(join(gendir, 'vmlinuz'), 'x');
+    const corrupt = await runCli('liveup', ['disk', '--gendir', gendir, '--out', img2, '--size', '400M', '--data-size', '64M']);
+    expect(corrupt.code).not.toBe(0);
+    expect(corrupt.stderr).toMatch(/LENGTH_MISMATCH|HASH_MISMATCH/);
+    expect(await readdir(join(dir, 'out'))).toEqual(['machine.img']);
+    // And the image in place is not replaced without --force.
+    expect((await runCli('liveup', ['disk', '--gendir', gendir, '--out', img])).stderr).toMatch(/exists; pass --force/);
+  });
+});
