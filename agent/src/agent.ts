@@ -6,7 +6,7 @@
  * things and the journal: a row marks each step before it starts, so a crash
  * at any point is visible and reconciled at the next start.
  */
-import { mkdir, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fetchVerifiedIndex, fetchVerifiedManifest } from './channel/client.js';
 import { LiveupError, toLiveupError, type ErrorCode } from './channel/errors.js';
@@ -114,6 +114,9 @@ interface Target {
   readonly source: RepoSource;
   readonly manifest: VerifiedManifest;
 }
+
+/** Left free on the state file system while downloading: the journal must still be writable. */
+const DOWNLOAD_RESERVE_BYTES = 32 << 20;
 
 /** The journal's lifecycle, seen by the pure core (which does not know downloads). */
 function coreState(g: JournalGeneration): CoreState | null {
@@ -487,6 +490,16 @@ export class Agent implements AgentApi {
     const f = this.#config.fetch;
     const credentials = await this.#credentials();
     const artifacts = await this.#step('fetch', v, async () => {
+      // Room for what is still to download (a resumed .part counts as done), checked
+      // before a byte is written: a full state partition also stops the journal.
+      let have = 0;
+      for (const a of m.artifacts) have += await stat(join(dir, `${a.path}.part`)).then((st) => Math.min(st.size, a.length), () => 0);
+      const fsInfo = await statfs(dir);
+      const free = fsInfo.bavail * fsInfo.bsize;
+      const need = total - have + DOWNLOAD_RESERVE_BYTES;
+      if (need > free) {
+        throw new LiveupError('NO_SPACE', `${dir}: downloading generation ${v} needs ${need} bytes (${total - have} to fetch + ${DOWNLOAD_RESERVE_BYTES} reserve), ${free} available`, { dir, needed: need, available: free, version: v });
+      }
       const out: VerifiedArtifact[] = [];
       let before = 0;
       for (const a of m.artifacts) {

@@ -295,7 +295,7 @@ function parseMiB(s: string, what: string): number {
 const diskCmd: Command = {
   path: ['disk'],
   summary: 'write a bootable disk image (BIOS and UEFI) for a new machine: boot and data partitions, GRUB, a generation',
-  usage: '--gendir REPO/generations/N --out FILE.img [--keyring PUB.asc] [--size 8G] [--data-size 1G] [--serial] [--bios-only] [--force]',
+  usage: '--gendir REPO/generations/N --out FILE.img [--keyring PUB.asc] [--size 8G] [--data-size 2G] [--serial] [--bios-only] [--force]',
   description:
     'The layout the agent and the initramfs expect: LIVEUP-BOOT (live/<N>/, GRUB, grubenv), LIVEUP-DATA (the\n' +
     'machine\'s /var/lib/liveup) and an EFI system partition. GENDIR is a published generation; its artifacts are\n' +
@@ -306,8 +306,8 @@ const diskCmd: Command = {
     gendir: { type: 'string', description: 'published generation directory (REPO/generations/<N>)', valueName: 'GENDIR' },
     out: { type: 'string', description: 'disk image to write', valueName: 'FILE' },
     keyring: { type: 'string', description: 'check the manifest\'s signature against these key(s)', valueName: 'PUB.asc' },
-    size: { type: 'string', description: 'image size [default: 4G]', valueName: 'SIZE' },
-    'data-size': { type: 'string', description: 'data partition size [default: 512M]', valueName: 'SIZE' },
+    size: { type: 'string', description: 'image size [default: 8G]', valueName: 'SIZE' },
+    'data-size': { type: 'string', description: 'data partition size; the agent downloads a generation there before staging it [default: 2G]', valueName: 'SIZE' },
     serial: { type: 'boolean', description: 'GRUB and kernel console also on ttyS0 (115200 baud)' },
     'bios-only': { type: 'boolean', description: 'no EFI system partition' },
     force: { type: 'boolean', description: 'replace FILE if it exists' },
@@ -320,8 +320,8 @@ const diskCmd: Command = {
     const g = await checkedGeneration(gendir, optString(values, 'keyring'), (l) => io.err(l));
     const consoles = values.serial === true ? ' console=tty0 console=ttyS0,115200' : '';
     const layout = {
-      sizeMiB: parseMiB(optString(values, 'size') ?? '4G', '--size'),
-      dataMiB: parseMiB(optString(values, 'data-size') ?? '512M', '--data-size'),
+      sizeMiB: parseMiB(optString(values, 'size') ?? '8G', '--size'),
+      dataMiB: parseMiB(optString(values, 'data-size') ?? '2G', '--data-size'),
       espMiB: values['bios-only'] === true ? 0 : 64,
     };
     await makeDisk({

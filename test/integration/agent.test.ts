@@ -52,7 +52,7 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>
 }
 
 /** A machine running generation 1, with generation 2 published in the channel. */
-async function machine(opts: { kernelBytes?: number; bootTmpfsBytes?: number; mirror?: (s: RunningServer) => string } = {}): Promise<Machine> {
+async function machine(opts: { kernelBytes?: number; bootTmpfsBytes?: number; stateTmpfsBytes?: number; mirror?: (s: RunningServer) => string } = {}): Promise<Machine> {
   const dir = await tmp();
   const key = await makeKey(join(dir, 'keys'));
   const repo = join(dir, 'repo');
@@ -69,6 +69,11 @@ async function machine(opts: { kernelBytes?: number; bootTmpfsBytes?: number; mi
   await mkdir(join(boot, 'live'), { recursive: true });
   await cp(join(repo, 'generations', '1'), join(boot, 'live', '1'), { recursive: true });
   const state = join(dir, 'state');
+  if (opts.stateTmpfsBytes) {
+    await mkdir(state);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${opts.stateTmpfsBytes}`, 'liveup-test-state', state]);
+    cleanups.push(async () => void execFileSync('umount', ['-l', state]));
+  }
   const runDir = join(dir, 'run');
   await mkdir(runDir);
   await writeFile(join(runDir, 'booted'), '1\n');
@@ -245,6 +250,17 @@ describe('liveup-agentd and agentctl', () => {
     expect((await readdir(join(m.boot, 'live'))).filter((n) => !n.startsWith('.'))).toEqual(['1']);
     expect((await readdir(join(m.boot, 'live'))).filter((n) => n.startsWith('.staging'))).toEqual([]);
     expect(await readdir(join(m.boot, 'live', '1'))).toEqual(before);
+    expect(integrity(m.state)).toBe('ok');
+  });
+
+  it('a state partition too small for the download: NO_SPACE before a byte is fetched, the journal still writable', async () => {
+    const m = await machine({ kernelBytes: 48 << 20, stateTmpfsBytes: 40 << 20 });
+    const r = await m.ctl(['update']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/NO_SPACE: .*downloads\/2: downloading generation 2 needs \d+ bytes/);
+    const history = await m.json<{ kind: string; status: string; errorCode: string | null }[]>(['history']);
+    expect(history).toContainEqual(expect.objectContaining({ kind: 'update', status: 'failed', errorCode: 'NO_SPACE' }));
+    expect(await readdir(join(m.state, 'downloads', '2'))).toEqual([]);
     expect(integrity(m.state)).toBe('ok');
   });
 
