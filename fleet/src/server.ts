@@ -77,8 +77,8 @@ function readBody(req: http.IncomingMessage, max: number): Promise<string> {
   });
 }
 
-/** FleetLock body: `{"client_params": {"id": "...", "group": "..."}}`. */
-function parseLockBody(text: string): { id: string; group: string } {
+/** A JSON body read strictly by `read`; any problem is a 400 naming it. */
+function parseBody<T>(text: string, what: string, read: (r: Reader, raw: unknown) => T): T {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
@@ -86,27 +86,27 @@ function parseLockBody(text: string): { id: string; group: string } {
     throw new HttpError(400, 'INVALID_ARGUMENT', `not valid JSON (${(e as Error).message})`);
   }
   try {
-    const r = new Reader('fleetlock', 'INVALID_ARGUMENT');
+    return read(new Reader(what, 'INVALID_ARGUMENT'), raw);
+  } catch (e) {
+    throw new HttpError(400, 'INVALID_ARGUMENT', toLiveupError(e).message);
+  }
+}
+
+/** FleetLock body: `{"client_params": {"id": "...", "group": "..."}}`. */
+function parseLockBody(text: string): { id: string; group: string } {
+  return parseBody(text, 'fleetlock', (r, raw) => {
     const o = r.object(raw, '', ['client_params']);
     const p = r.object(o.client_params, 'client_params', ['id', 'group']);
     return {
       id: r.string(p, 'id', 'client_params', { max: 128, pattern: /^[A-Za-z0-9._:-]+$/, what: 'a machine id' }),
       group: r.string(p, 'group', 'client_params', { max: 64, pattern: /^[A-Za-z0-9._-]+$/, what: 'a group name' }),
     };
-  } catch (e) {
-    throw new HttpError(400, 'INVALID_ARGUMENT', toLiveupError(e).message);
-  }
+  });
 }
 
+/** A rollout change: `{version?, percent?, paused?, autoPauseRatio?, autoPauseMin?}`. */
 function parseRolloutChange(text: string): RolloutChange {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new HttpError(400, 'INVALID_ARGUMENT', `not valid JSON (${(e as Error).message})`);
-  }
-  try {
-    const r = new Reader('rollout', 'INVALID_ARGUMENT');
+  return parseBody(text, 'rollout', (r, raw) => {
     const o = r.object(raw, '', ['version', 'percent', 'paused', 'autoPauseRatio', 'autoPauseMin']);
     const num = (k: string, min: number, max: number): number | undefined => {
       if (o[k] === undefined) return undefined;
@@ -125,9 +125,7 @@ function parseRolloutChange(text: string): RolloutChange {
     const min = r.optInt(o, 'autoPauseMin', '', { min: 1 });
     if (min !== undefined) change.autoPauseMin = min;
     return change;
-  } catch (e) {
-    throw new HttpError(400, 'INVALID_ARGUMENT', toLiveupError(e).message);
-  }
+  });
 }
 
 const TOKEN_CACHE_MS = 5000;

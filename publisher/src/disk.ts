@@ -144,8 +144,9 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
       closeSync(fd);
     }
     loop = (await run('losetup', ['-f', '--show', tmp])).stdout.trim();
-    // losetup -P does not create partition nodes on every kernel; partx does.
-    await run('partx', ['-a', loop]);
+    // losetup -P does not create partition nodes on every kernel; partx does. When the
+    // kernel scanned the table itself partx -a finds them there already (exit 1): fine.
+    await run('partx', ['-a', loop], { okExitCodes: [0, 1] });
     const dev = (n: number): string => `${loop}p${n}`;
     for (const p of parts) await waitFor(dev(p.number));
     log('formatting: boot, data' + (uefi ? ', EFI system partition' : ''));
@@ -201,19 +202,7 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
     await run('losetup', ['-d', loop]);
     loop = null;
 
-    // BIOS: boot.img's code (440 bytes; the partition table stays) in sector 0, core.img from sector 1.
-    const core = join(work, 'core.img');
-    await run('grub-mkimage', ['-O', 'i386-pc', '-o', core, '-c', join(work, 'early.cfg'), '-p', '/grub', 'biosdisk', ...GRUB_MODULES]);
-    const coreBytes = readFileSync(core);
-    if (coreBytes.length > (START_LBA - 1) * SECTOR) throw new LiveupError('BUILD_FAILED', `GRUB's core.img (${coreBytes.length} bytes) does not fit before the first partition`);
-    const bootImg = readFileSync(join(GRUB_LIB, 'i386-pc', 'boot.img'));
-    const fd2 = openSync(tmp, 'r+');
-    try {
-      writeSync(fd2, bootImg, 0, 440, 0);
-      writeSync(fd2, coreBytes, 0, coreBytes.length, SECTOR);
-    } finally {
-      closeSync(fd2);
-    }
+    await installGrubBios(tmp, work);
     await rename(tmp, o.out);
     log(`wrote ${o.out}: boot ${Math.round((parts[0]!.sectors * SECTOR) / MiB)} MiB, data ${o.layout.dataMiB} MiB${uefi ? `, ESP ${o.layout.espMiB} MiB` : ''}; BIOS${uefi ? ' and UEFI' : ''}`);
   } finally {
@@ -249,6 +238,31 @@ export async function checkedGeneration(gendir: string, keyringPath: string | un
     await verifyArtifactFile(join(gendir, a.path), a, join(gendir, a.path));
   }
   return { version: m.version, name: m.name, kernelVersion: m.kernel.version, cmdline: m.kernel.cmdline };
+}
+
+/**
+ * GRUB for BIOS on a disk image with an MBR gap, as grub-bios-setup does it:
+ * boot.img's code (440 bytes; the partition table stays) in sector 0, and
+ * core.img — with the embedded config that finds the liveup boot partition —
+ * from sector 1 (boot.img loads sector 1; grub-mkimage writes core.img's own
+ * sector count into its blocklist). grub-install cannot map a loop partition
+ * to a BIOS drive, hence this.
+ */
+export async function installGrubBios(image: string, workDir: string): Promise<void> {
+  const cfg = join(workDir, 'early-bios.cfg');
+  await writeFile(cfg, EARLY_CFG);
+  const core = join(workDir, 'core.img');
+  await run('grub-mkimage', ['-O', 'i386-pc', '-o', core, '-c', cfg, '-p', '/grub', 'biosdisk', ...GRUB_MODULES]);
+  const coreBytes = readFileSync(core);
+  if (coreBytes.length > (START_LBA - 1) * SECTOR) throw new LiveupError('BUILD_FAILED', `GRUB's core.img (${coreBytes.length} bytes) does not fit before the first partition`);
+  const bootImg = readFileSync(join(GRUB_LIB, 'i386-pc', 'boot.img'));
+  const fd = openSync(image, 'r+');
+  try {
+    writeSync(fd, bootImg, 0, 440, 0);
+    writeSync(fd, coreBytes, 0, coreBytes.length, SECTOR);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 async function waitFor(path: string): Promise<void> {

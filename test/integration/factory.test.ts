@@ -15,7 +15,7 @@ import { collect, runCli, startCli } from '../helpers/cli.js';
 import { mountsUnder } from '../../publisher/src/factory/chroot.js';
 
 const skip = process.getuid?.() !== 0 || process.env.LIVEUP_SKIP_FACTORY === '1';
-const LONG = 300_000;
+const LONG = 600_000;
 
 interface Change { action: string; package: string; version?: string; from?: string; deb?: string }
 interface GenJson { name: string; parent: number | null; kernel: { version: string; cmdline: string }; changes: Change[]; rebootRequired: { required: boolean; reasons: string[] }; squashfs: { algorithm: string; level?: number } }

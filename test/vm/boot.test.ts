@@ -33,7 +33,7 @@ describe.skipIf(!RUN)('VM: boot a generation from GRUB', () => {
   test('generation 1 boots, its squashfs verified, and /run/liveup/booted says 1', async () => {
     const p = await prepare();
     const image = join(p.work, 'disk.img');
-    assembleDisk({
+    await assembleDisk({
       image, sizeMiB: 768, defaultVersion: 1,
       generations: [{ version: 1, gendir: p.gendir, name: 'vmtest', kernelVersion: p.kernelVersion, cmdline: p.cmdline, state: 'good' }],
     });
@@ -51,7 +51,7 @@ describe.skipIf(!RUN)('VM: boot a generation from GRUB', () => {
     const p = await prepare();
     const image = join(p.work, 'disk.img');
     const g = { gendir: p.gendir, name: 'vmtest', kernelVersion: p.kernelVersion, cmdline: p.cmdline };
-    assembleDisk({
+    await assembleDisk({
       image, sizeMiB: 1024, defaultVersion: 1, tryVersion: 2,
       generations: [{ ...g, version: 1, state: 'good' }, { ...g, version: 2, state: 'staged', tamperSquashfs: true }],
       grubenv: { liveup_try_version: '2', liveup_tries_left: '1' },
