@@ -1,6 +1,6 @@
 /**
- * bench/fleet: N simulated agents (distinct machine ids, one report each,
- * then a second round) posting to `liveup fleet serve`'s handler on loopback
+ * bench/fleet: N simulated agents (distinct machine ids, one report each
+ * per round; at least 2 rounds and 20,000 reports in all) posting to `liveup fleet serve`'s handler on loopback
  * with keep-alive connections, C at a time. Prints reports/s and latency
  * percentiles for the SQLite store and for PostgreSQL (a server started from
  * Debian's package for the run, fsync on, like SQLite's synchronous=FULL).
@@ -39,7 +39,9 @@ const report = (n: number, seq: number) => JSON.stringify({
 
 async function drive(url: URL, token: string, machines: number, concurrency: number): Promise<{ perSecond: number; p50: number; p99: number }> {
   const jobs: [number, number][] = [];
-  for (const seq of [1, 2]) for (let n = 1; n <= machines; n++) jobs.push([n, seq]);
+  // Enough rounds for at least 20,000 reports, so a small fleet is measured at a steady state too.
+  const rounds = Math.max(2, Math.ceil(20_000 / machines));
+  for (let seq = 1; seq <= rounds; seq++) for (let n = 1; n <= machines; n++) jobs.push([n, seq]);
   const lat: number[] = [];
   let next = 0;
   const t0 = process.hrtime.bigint();
@@ -76,7 +78,7 @@ async function main(): Promise<void> {
     const bare = http.createServer((req, res) => { req.resume(); req.on('end', () => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"ok":true}'); }); });
     await new Promise<void>((r) => bare.listen(0, '127.0.0.1', r));
     const bareUrl = new URL(`http://127.0.0.1:${(bare.address() as { port: number }).port}/v1/reports`);
-    const lines = [`bench/fleet (loopback, ${concurrency} concurrent keep-alive clients, 2 reports per machine, after a warm-up)`];
+    const lines = [`bench/fleet (loopback, ${concurrency} concurrent keep-alive clients, at least 2 reports per machine and 20,000 in all, after a warm-up)`];
     for (const kind of kinds) {
       {
         // Warm-up: JIT, sockets and the database's first pages, so the first size measured is not the cold one.

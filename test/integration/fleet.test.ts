@@ -21,6 +21,7 @@ import { openFleetStore, type FleetStore } from '../../fleet/src/store.js';
 import { serveFleet, type RunningFleetServer } from '../../fleet/src/server.js';
 import { postJson } from '../../agent/src/adapters/fleet.js';
 import { startPostgres, type PgServer } from '../../bench/pgserver.js';
+import { chromium } from 'playwright-core';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -235,6 +236,17 @@ describe.each(['sqlite', 'postgres'] as const)('agent → fleet on %s: reports a
     const seen = await ep.store.machine(ID(42));
     expect(seen?.machine).toMatchObject({ hostname: expect.any(String), channel: 'stable' });
     expect(seen?.machine.report).toMatchObject({ bootedVersion: 1, health: 'unknown' });
+    // …and the administrator sees it on the dashboard (headless Chromium).
+    const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+    try {
+      const page = await browser.newPage();
+      await page.goto(`${ep.server.url}#token=${await token(ep.db, 'admin')}`);
+      const row = page.locator('#rows tr', { hasText: ID(42).slice(0, 12) });
+      await expect.poll(() => row.count()).toBe(1);
+      expect(await row.innerText()).toMatch(new RegExp(`${seen!.machine.hostname}[\\s\\S]*stable[\\s\\S]*\\b1\\b`));
+    } finally {
+      await browser.close();
+    }
 
     // The endpoint goes away; the machine keeps working and queues.
     await ep.server.close();
