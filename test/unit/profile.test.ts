@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { ROOT } from '../helpers/cli.js';
 import { DEFAULT_KEYRING, DEFAULT_MIRROR, basePackages, parsePackageSpec, parseProfile } from '../../publisher/src/factory/profile.js';
 import { mksquashfsArgs } from '../../publisher/src/factory/image.js';
-import { dpkgOrder } from '../../publisher/src/factory/derive.js';
+import { dpkgOrder, storedDebName } from '../../publisher/src/factory/derive.js';
 
 const minimal = { format: 1, name: 'kiosk', version: '1.0' };
 const parse = (o: Record<string, unknown>) => parseProfile(JSON.stringify(o), 'p.json', '/profiles');
@@ -133,6 +133,12 @@ describe('factory helpers', () => {
     expect(a).toEqual(expect.arrayContaining(['-reproducible', '-no-fragments', '-Xcompression-level', '3']));
     expect(a.join(' ')).toContain('-mkfs-time 0 -all-time 0');
     expect(mksquashfsArgs('/r', '/o', { algorithm: 'xz', blockSize: 1 << 20 })).not.toContain('-Xcompression-level');
+  });
+
+  it("names a recorded .deb as Debian's pool does: no epoch (apt's %3a is not a safe path or URL)", () => {
+    expect(storedDebName('libdevmapper-event1.02.1_2%3a1.02.205-2_amd64.deb')).toBe('libdevmapper-event1.02.1_1.02.205-2_amd64.deb');
+    expect(storedDebName('hello_2.10-5_amd64.deb')).toBe('hello_2.10-5_amd64.deb');
+    expect(storedDebName('tzdata_2025b-4_all.deb')).toBe('tzdata_2025b-4_all.deb');
   });
 
   it('orders changes as dpkg.log shows them', () => {

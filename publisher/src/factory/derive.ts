@@ -250,6 +250,17 @@ export function dpkgOrder(logText: string): string[] {
  * the log missed goes last, alphabetically), and each installed or upgraded
  * package's .deb is found in the archive cache and checked with dpkg-deb.
  */
+/**
+ * The name a .deb keeps in GENDIR/debs/: apt's archive name without the
+ * epoch (`libfoo_2%3a1.0-1_amd64.deb` → `libfoo_1.0-1_amd64.deb`), as in
+ * Debian's own pool. The `%` of apt's escaped colon is neither a safe
+ * manifest path nor a URL path that survives a web server's decoding.
+ * Unique in one generation: it holds one version of each package.
+ */
+export function storedDebName(archiveName: string): string {
+  return archiveName.replace(/^([^_]+)_\d+%3a/i, '$1_');
+}
+
 async function recordChanges(
   before: ReadonlyMap<string, string>, after: ReadonlyMap<string, string>, order: readonly string[],
   archives: string, gendir: string, arch: string,
@@ -273,10 +284,11 @@ async function recordChanges(
     if (fields.Package !== p || fields.Version !== version) {
       throw new LiveupError('BUILD_FAILED', `${file} holds ${fields.Package} ${fields.Version}, expected ${p} ${version}`, { package: p });
     }
-    await copyFile(join(archives, file), join(gendir, 'debs', file));
+    const stored = storedDebName(file);
+    await copyFile(join(archives, file), join(gendir, 'debs', stored));
     changes.push(from === undefined
-      ? { action: 'install', package: p, version, deb: `debs/${file}` }
-      : { action: 'upgrade', package: p, from, version, deb: `debs/${file}` });
+      ? { action: 'install', package: p, version, deb: `debs/${stored}` }
+      : { action: 'upgrade', package: p, from, version, deb: `debs/${stored}` });
   }
   return changes;
 }
