@@ -215,7 +215,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     const kexecStart = Date.now();
     const kexec = vm.sh('agentctl update --now --json', 900_000).catch(() => null);
     await vm.waitFor(new RegExp(`${MARKER} booted=1[\\s\\S]*${MARKER} booted=3\\s*$`, 'm'), 900_000);
-    await kexec;
+    void kexec; // its answer went down with the old kernel; the pending read times out on its own
     const kexecBoot = vm.console().slice(beforeKexec);
     expect(kexecBoot).toMatch(/kexec/i);
     expect(kexecBoot).not.toMatch(/SeaBIOS|GNU GRUB/); // no firmware, no boot loader on the way
