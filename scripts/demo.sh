@@ -79,7 +79,7 @@ CONF
 run cat "$M/agent.json"
 AGENTCTL="$PWD/bin/agentctl"
 run "$AGENTCTL" enroll "$FLEET_URL" --token "$TOKEN" --group demo --config-dir "$M/agent.d" --token-file "$M/fleet.token"
-"$PWD/bin/liveup-agentd" --config "$M/agent.json" --config-dir "$M/agent.d" --run-dir "$M/run" > "$M/agentd.log" 2>&1 &
+"$PWD/bin/liveup-agentd" --config "$M/agent.json" --config-dir "$M/agent.d" --local-config-dir "$M/state/agent.d" --run-dir "$M/run" > "$M/agentd.log" 2>&1 &
 AGENTD=$!
 for _ in $(seq 100); do "$AGENTCTL" --bus "$BUS" status >/dev/null 2>&1 && break; sleep 0.1; done
 run "$AGENTCTL" --bus "$BUS" status
