@@ -9,6 +9,7 @@ import {
 import { build, DEFAULT_CACHE } from './factory/build.js';
 import { writeIso } from './iso.js';
 import { checkedGeneration, makeDisk } from './disk.js';
+import { SERIAL_CONSOLES } from './generation.js';
 import { existsSync } from 'node:fs';
 import { FLEET_COMMANDS } from '../../fleet/src/cli.js';
 import { derive, DEFAULT_REBOOT_PACKAGES } from './factory/derive.js';
@@ -318,7 +319,7 @@ const diskCmd: Command = {
     const out = requireString(values, 'out');
     if (values.force !== true && existsSync(out)) throw new LiveupError('ALREADY_EXISTS', `${out} exists; pass --force to replace it`, { file: out });
     const g = await checkedGeneration(gendir, optString(values, 'keyring'), (l) => io.err(l));
-    const consoles = values.serial === true ? ' console=tty0 console=ttyS0,115200' : '';
+    const consoles = values.serial === true ? ` ${SERIAL_CONSOLES}` : '';
     const layout = {
       sizeMiB: parseMiB(optString(values, 'size') ?? '8G', '--size'),
       dataMiB: parseMiB(optString(values, 'data-size') ?? '2G', '--data-size'),

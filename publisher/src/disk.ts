@@ -30,6 +30,7 @@ import { parseManifest } from '../../agent/src/channel/schema.js';
 import { loadKeyring, verifyDetached } from '../../agent/src/channel/signature.js';
 import { verifyArtifactFile } from '../../agent/src/channel/verify.js';
 import { run } from './exec.js';
+import { BOOT_MEDIUM_FILES, GENDIR_FILES } from './generation.js';
 import { onPath } from '../../agent/src/util/path.js';
 
 export const BOOT_LABEL = 'LIVEUP-BOOT';
@@ -108,10 +109,6 @@ export interface MakeDiskOptions {
   readonly defaultVersion: number;
   /** GRUB on the serial console too (ttyS0, 115200): servers and VMs. */
   readonly serial: boolean;
-  /** Extra grubenv variables (tests set a trial). */
-  readonly grubenv?: Readonly<Record<string, string>>;
-  /** Called with the mounted boot partition before it is closed (tests tamper with a file). */
-  readonly beforeClose?: (bootMount: string) => Promise<void> | void;
   readonly log?: (line: string) => void;
 }
 
@@ -134,7 +131,7 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
   const tmp = join(dirname(o.out), `.${basename(o.out)}.tmp-${process.pid}`);
   const work = await mkdtemp(join(dirname(o.out), `.${basename(o.out)}.work-`));
   let loop: string | null = null;
-  const mounted: string[] = [];
+  let mounted: string | null = null;
   try {
     const fd = openSync(tmp, 'w');
     try {
@@ -157,14 +154,14 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
     const boot = join(work, 'boot');
     await mkdir(boot);
     await run('mount', [dev(1), boot]);
-    mounted.push(boot);
+    mounted = boot;
     for (const g of o.generations) {
       const d = join(boot, 'live', String(g.version));
       await mkdir(d, { recursive: true });
       log(`copying generation ${g.version}`);
-      for (const f of ['vmlinuz', 'initrd.img', 'filesystem.squashfs', 'manifest.json', 'manifest.json.sig', 'packages.json']) {
+      for (const f of BOOT_MEDIUM_FILES) {
         if (existsSync(join(g.dir, f))) await copyFile(join(g.dir, f), join(d, f));
-        else if (!f.startsWith('packages')) throw new LiveupError('NOT_FOUND', `${join(g.dir, f)} is missing: is ${g.dir} a published generation?`, { file: join(g.dir, f) });
+        else if (f !== GENDIR_FILES.packages) throw new LiveupError('NOT_FOUND', `${join(g.dir, f)} is missing: is ${g.dir} a published generation?`, { file: join(g.dir, f) });
       }
     }
     await writeFile(join(boot, BOOT_MARKER), 'liveup boot medium\n');
@@ -179,8 +176,6 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
     });
     await writeFile(join(boot, 'grub', 'grub.cfg'), menu.text);
     await run('grub-editenv', [join(boot, 'grub', 'grubenv'), 'create']);
-    const vars = Object.entries(o.grubenv ?? {}).map(([k, v]) => `${k}=${v}`);
-    if (vars.length) await run('grub-editenv', [join(boot, 'grub', 'grubenv'), 'set', ...vars]);
     // Modules for grub.cfg's insmod, per platform.
     for (const platform of ['i386-pc', ...(uefi ? ['x86_64-efi'] : [])]) {
       await mkdir(join(boot, 'grub', platform), { recursive: true });
@@ -188,16 +183,15 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
         if (/\.(mod|lst)$/.test(f)) await copyFile(join(GRUB_LIB, platform, f), join(boot, 'grub', platform, f));
       }
     }
-    await writeFile(join(work, 'early.cfg'), EARLY_CFG);
     if (uefi) {
       // Written with mtools, not mounted: the kernel writing the image may lack vfat.
       const efi = join(work, 'BOOTX64.EFI');
-      await run('grub-mkimage', ['-O', 'x86_64-efi', '-o', efi, '-c', join(work, 'early.cfg'), '-p', '/grub', ...GRUB_MODULES, 'part_gpt', 'fat']);
+      await grubImage('x86_64-efi', efi, work, ['part_gpt', 'fat']);
       await run('mmd', ['-i', dev(3), '::/EFI', '::/EFI/BOOT']);
       await run('mcopy', ['-i', dev(3), efi, '::/EFI/BOOT/BOOTX64.EFI']);
     }
-    await o.beforeClose?.(boot);
-    while (mounted.length) await run('umount', [mounted.pop()!]);
+    await run('umount', [boot]);
+    mounted = null;
     await run('partx', ['-d', loop]).catch(() => undefined);
     await run('losetup', ['-d', loop]);
     loop = null;
@@ -206,7 +200,7 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
     await rename(tmp, o.out);
     log(`wrote ${o.out}: boot ${Math.round((parts[0]!.sectors * SECTOR) / MiB)} MiB, data ${o.layout.dataMiB} MiB${uefi ? `, ESP ${o.layout.espMiB} MiB` : ''}; BIOS${uefi ? ' and UEFI' : ''}`);
   } finally {
-    while (mounted.length) await run('umount', [mounted.pop()!]).catch(() => undefined);
+    if (mounted) await run('umount', [mounted]).catch(() => undefined);
     if (loop) {
       await run('partx', ['-d', loop]).catch(() => undefined);
       await run('losetup', ['-d', loop]).catch(() => undefined);
@@ -240,6 +234,13 @@ export async function checkedGeneration(gendir: string, keyringPath: string | un
   return { version: m.version, name: m.name, kernelVersion: m.kernel.version, cmdline: m.kernel.cmdline };
 }
 
+/** A GRUB image for `format` with the embedded config that finds the liveup boot partition. */
+async function grubImage(format: 'i386-pc' | 'x86_64-efi', out: string, workDir: string, extraModules: readonly string[]): Promise<void> {
+  const cfg = join(workDir, `early-${format}.cfg`);
+  await writeFile(cfg, EARLY_CFG);
+  await run('grub-mkimage', ['-O', format, '-o', out, '-c', cfg, '-p', '/grub', ...extraModules, ...GRUB_MODULES]);
+}
+
 /**
  * GRUB for BIOS on a disk image with an MBR gap, as grub-bios-setup does it:
  * boot.img's code (440 bytes; the partition table stays) in sector 0, and
@@ -249,10 +250,8 @@ export async function checkedGeneration(gendir: string, keyringPath: string | un
  * to a BIOS drive, hence this.
  */
 export async function installGrubBios(image: string, workDir: string): Promise<void> {
-  const cfg = join(workDir, 'early-bios.cfg');
-  await writeFile(cfg, EARLY_CFG);
   const core = join(workDir, 'core.img');
-  await run('grub-mkimage', ['-O', 'i386-pc', '-o', core, '-c', cfg, '-p', '/grub', 'biosdisk', ...GRUB_MODULES]);
+  await grubImage('i386-pc', core, workDir, ['biosdisk']);
   const coreBytes = readFileSync(core);
   if (coreBytes.length > (START_LBA - 1) * SECTOR) throw new LiveupError('BUILD_FAILED', `GRUB's core.img (${coreBytes.length} bytes) does not fit before the first partition`);
   const bootImg = readFileSync(join(GRUB_LIB, 'i386-pc', 'boot.img'));

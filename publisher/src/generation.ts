@@ -18,6 +18,12 @@ export const GENDIR_FILES = {
   meta: 'generation.json',
 } as const;
 
+/** What a published generation directory holds that a boot medium needs (packages.json may be absent). */
+export const BOOT_MEDIUM_FILES = [GENDIR_FILES.kernel, GENDIR_FILES.initrd, GENDIR_FILES.squashfs, 'manifest.json', 'manifest.json.sig', GENDIR_FILES.packages] as const;
+
+/** Kernel consoles for `--serial` media (ISO, disk): the screen, and ttyS0 last so it is /dev/console. */
+export const SERIAL_CONSOLES = 'console=tty0 console=ttyS0,115200';
+
 export interface GendirChange {
   readonly action: 'install' | 'upgrade' | 'remove';
   readonly package: string;

@@ -17,7 +17,7 @@ import { existsSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { LiveupError } from '../../agent/src/channel/errors.js';
 import { renderBootMenu } from '../../agent/src/core/bootmenu.js';
-import { GENDIR_FILES, readGendirMeta, requireGendirFiles } from './generation.js';
+import { BOOT_MEDIUM_FILES, GENDIR_FILES, SERIAL_CONSOLES, readGendirMeta, requireGendirFiles } from './generation.js';
 import { run } from './exec.js';
 import { onPath } from '../../agent/src/util/path.js';
 
@@ -116,7 +116,7 @@ export async function writeIso(o: IsoOptions): Promise<IsoResult> {
   const version = o.version ?? (await publishedVersion(gendir)) ?? 1;
   if (!Number.isInteger(version) || version < 1) throw new LiveupError('INVALID_ARGUMENT', `--version must be a positive integer, got ${version}`);
   const kernelVersion = meta.kernel?.version ?? 'unknown';
-  const consoles = o.serial ? 'console=tty0 console=ttyS0,115200' : '';
+  const consoles = o.serial ? SERIAL_CONSOLES : '';
   const cmdline = [meta.kernel?.cmdline ?? 'boot=live components', consoles, o.append ?? ''].join(' ').replace(/\s+/g, ' ').trim();
 
   const tree = join(dirname(out), `.${basename(out)}.tree-${process.pid}`);
@@ -125,7 +125,7 @@ export async function writeIso(o: IsoOptions): Promise<IsoResult> {
     await rm(tree, { recursive: true, force: true });
     const live = join(tree, 'live', String(version));
     await mkdir(live, { recursive: true });
-    for (const f of [GENDIR_FILES.squashfs, GENDIR_FILES.kernel, GENDIR_FILES.initrd, 'manifest.json', 'manifest.json.sig', GENDIR_FILES.packages]) {
+    for (const f of BOOT_MEDIUM_FILES) {
       if (existsSync(join(gendir, f))) await linkOrCopy(join(gendir, f), join(live, f));
     }
     const menu = renderBootMenu({
