@@ -18,9 +18,9 @@ import type { HttpCredentials } from './adapters/http.js';
 import { fetchArtifact } from './adapters/fetch.js';
 import type { GrubEnv } from './adapters/grubenv.js';
 import type { Generation as JournalGeneration, Journal } from './adapters/journal.js';
-import { listStaged, reconcileStaging, removeGeneration, stageGeneration } from './adapters/stage.js';
+import { ensureSha512Sums, listStaged, reconcileStaging, removeGeneration, stageGeneration } from './adapters/stage.js';
 import type { AgentConfig } from './config.js';
-import { ENV_TRIES_LEFT, ENV_TRY_VERSION, ENV_NEXT_ENTRY, renderBootMenu, trialEnv, entryId } from './core/bootmenu.js';
+import { ENV_TRIES_LEFT, ENV_TRY_VERSION, ENV_NEXT_ENTRY, VERIFY_SETTING, renderBootMenu, trialEnv, entryId } from './core/bootmenu.js';
 import type { GenerationInfo as CoreGeneration, GenerationState as CoreState } from './core/generation.js';
 import { gcPlan, lastGoodOf, planUpdate, type CurrentState } from './core/plan.js';
 import { chooseRollbackTarget } from './core/rollback.js';
@@ -446,6 +446,7 @@ export class Agent implements AgentApi {
       const act = !opts.downloadOnly && (opts.applyNow === true || how.scheduled === true);
       const live = !opts.downloadOnly && (opts.applyLive || act);
       const next = this.#stagedNext();
+      let waitNote = '';
       if (next !== null && (this.#running() === null || next > this.#running()!)) {
         // Only acting depends on the decision; otherwise it is for `status`, and its failure must not fail the update.
         const decided = await this.#decide(opts.applyLive ? 'live' : undefined, target?.manifest, opts.applyNow === true).catch((e: unknown) => {
@@ -453,6 +454,7 @@ export class Agent implements AgentApi {
           this.#log.warn({ err: toLiveupError(e).message }, 'decision failed');
           return null;
         });
+        if (decided?.decision.action === 'wait') waitNote = `; ${decided.decision.reason}`;
         if (decided && live && decided.decision.action === 'live-apply') return await this.#applyLive(decided.chain);
         if (decided && act && !opts.applyLive && ['soft-reboot', 'kexec', 'reboot'].includes(decided.decision.action)) return await this.#switchTo(decided.decision);
         if (decided && opts.applyLive) {
@@ -467,7 +469,7 @@ export class Agent implements AgentApi {
       return {
         version: staged,
         outcome: 'staged',
-        message: `generation ${staged} is staged and will be tried at the next boot (fallback: ${(await this.#defaultVersion()) ?? 'none'})`,
+        message: `generation ${staged} is staged and will be tried at the next boot (fallback: ${(await this.#defaultVersion()) ?? 'none'})${waitNote}`,
       };
     } catch (e) {
       const err = toLiveupError(e);
@@ -741,6 +743,9 @@ export class Agent implements AgentApi {
       // evidence of a working one: it booted this far. It stands as "good" for
       // the menu's default and fallback only, not in the journal.
       const noGood = lastGoodOf(cur.generations, cur.present) === null;
+      const verify = this.#config.grubVerify;
+      if (verify === 'sha512') for (const g of gens) await ensureSha512Sums(this.#config.bootDir, g.version);
+      this.#journal.setSetting(VERIFY_SETTING, verify);
       const menu = renderBootMenu({
         generations: gens.map((g) => ({
           version: g.version, name: g.name, kernelVersion: g.kernelVersion ?? 'unknown', cmdline: g.cmdline ?? 'boot=live components',
@@ -751,6 +756,7 @@ export class Agent implements AgentApi {
         root: { kind: 'file', path: '/live/.liveup-boot' },
         timeoutSeconds: 3,
         serial: true,
+        verify,
       });
       await ensureDir(join(this.#config.bootDir, 'grub'));
       await writeFileAtomic(this.#paths.grubCfg, menu.text);

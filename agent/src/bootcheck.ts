@@ -27,7 +27,7 @@ import { Journal, type Generation } from './adapters/journal.js';
 import { createGrubEnv } from './adapters/grubenv.js';
 import { run } from './adapters/exec.js';
 import { isLiveupError } from './channel/errors.js';
-import { ENV_NEXT_ENTRY, ENV_TRIES_LEFT, ENV_TRY_VERSION, renderBootMenu, type BootMenuGeneration } from './core/bootmenu.js';
+import { ENV_NEXT_ENTRY, ENV_TRIES_LEFT, ENV_TRY_VERSION, VERIFY_SETTING, renderBootMenu, type BootMenuGeneration } from './core/bootmenu.js';
 import { ensureDir, writeFileAtomic } from './util/fsatomic.js';
 import { readBootedVersion } from './daemon.js';
 
@@ -135,6 +135,8 @@ async function renderMenu(journal: Journal, bootDir: string, def: number): Promi
       state: g.state === 'good' || g.state === 'failed' || g.state === 'booted' ? g.state : 'staged',
     }));
   if (!gens.some((g) => g.version === def)) return;
+  // The agent's grubVerify, as it last wrote the menu (an unknown value renders without).
+  const verify = journal.getSetting(VERIFY_SETTING) === 'sha512' ? 'sha512' : 'off';
   const menu = renderBootMenu({
     generations: gens,
     defaultVersion: def,
@@ -142,6 +144,7 @@ async function renderMenu(journal: Journal, bootDir: string, def: number): Promi
     root: { kind: 'file', path: '/live/.liveup-boot' },
     timeoutSeconds: 3,
     serial: true,
+    verify,
   });
   await ensureDir(join(bootDir, 'grub'));
   await writeFileAtomic(join(bootDir, 'grub', 'grub.cfg'), menu.text);

@@ -22,6 +22,7 @@ import { validate as validateCron } from 'node-cron';
 import { watch, type FSWatcher } from 'chokidar';
 import { LiveupError, toLiveupError } from './channel/errors.js';
 import { ARCH_RE, CHANNEL_RE } from './channel/schema.js';
+import { BOOT_VERIFY_MODES, type BootVerify } from './core/bootmenu.js';
 import { Reader, join, parseJson } from './util/validate.js';
 
 export const DEFAULT_MAIN_FILE = '/etc/liveup/agent.json';
@@ -119,6 +120,13 @@ export interface AgentConfig {
   readonly rebootStrategy: RebootStrategy;
   /** Generations kept on the boot medium, the running one included (default 3, at least 2 so a fallback exists). */
   readonly keep: number;
+  /**
+   * `sha512`: GRUB checks a generation's kernel, initrd and squashfs against its
+   * SHA512SUMS before booting it, and boots the fallback when they differ
+   * (default `off`: the initramfs's check of the squashfs, `liveup.verify=1`,
+   * costs less on slow firmware disk reads).
+   */
+  readonly grubVerify: BootVerify;
   /** Mount point of the boot medium holding `live/<version>/` and `grub/` (default /run/liveup/boot). */
   readonly bootDir: string;
   /** Persistent state: journal, downloads (default /var/lib/liveup). */
@@ -160,7 +168,7 @@ export interface LoadedConfig {
 
 const TOP_KEYS = [
   'channel', 'mirrors', 'credentials', 'keyring', 'threshold', 'architecture', 'schedule', 'jitterSeconds',
-  'maintenanceWindows', 'timeZone', 'rebootStrategy', 'keep', 'bootDir', 'stateDir', 'inboxDir',
+  'maintenanceWindows', 'timeZone', 'rebootStrategy', 'keep', 'grubVerify', 'bootDir', 'stateDir', 'inboxDir',
   'freeSpaceReserveMB', 'fetch', 'dbus', 'grubEditenv', 'liveRoot', 'fleet', 'machineIdFile',
 ] as const;
 
@@ -398,6 +406,7 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
     timeZone,
     rebootStrategy: o.rebootStrategy === undefined ? 'live' : r.oneOf(o, 'rebootStrategy', '', REBOOT_STRATEGIES),
     keep: int('keep', 3, 2, 100),
+    grubVerify: o.grubVerify === undefined ? 'off' : r.oneOf(o, 'grubVerify', '', BOOT_VERIFY_MODES),
     bootDir: optAbsPath(o, 'bootDir', '') ?? '/run/liveup/boot',
     liveRoot: optAbsPath(o, 'liveRoot', '') ?? '/',
     machineIdFile: optAbsPath(o, 'machineIdFile', '') ?? '/etc/machine-id',

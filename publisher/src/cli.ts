@@ -296,7 +296,7 @@ function parseMiB(s: string, what: string): number {
 const diskCmd: Command = {
   path: ['disk'],
   summary: 'write a bootable disk image (BIOS and UEFI) for a new machine: boot and data partitions, GRUB, a generation',
-  usage: '--gendir REPO/generations/N --out FILE.img [--keyring PUB.asc] [--size 8G] [--data-size 2G] [--serial] [--bios-only] [--force]',
+  usage: '--gendir REPO/generations/N --out FILE.img [--keyring PUB.asc] [--size 8G] [--data-size 2G] [--serial] [--grub-verify sha512] [--bios-only] [--force]',
   description:
     'The layout the agent and the initramfs expect: LIVEUP-BOOT (live/<N>/, GRUB, grubenv), LIVEUP-DATA (the\n' +
     'machine\'s /var/lib/liveup) and an EFI system partition. GENDIR is a published generation; its artifacts are\n' +
@@ -310,6 +310,7 @@ const diskCmd: Command = {
     size: { type: 'string', description: 'image size [default: 8G]', valueName: 'SIZE' },
     'data-size': { type: 'string', description: 'data partition size; the agent downloads a generation there before staging it [default: 2G]', valueName: 'SIZE' },
     serial: { type: 'boolean', description: 'GRUB and kernel console also on ttyS0 (115200 baud)' },
+    'grub-verify': { type: 'string', description: 'GRUB checks the SHA-512 of kernel, initrd and squashfs before booting (off|sha512; set the agent\'s grubVerify alike, it rewrites the menu) [default: off]', valueName: 'MODE' },
     'bios-only': { type: 'boolean', description: 'no EFI system partition' },
     force: { type: 'boolean', description: 'replace FILE if it exists' },
   },
@@ -318,6 +319,8 @@ const diskCmd: Command = {
     const gendir = requireString(values, 'gendir');
     const out = requireString(values, 'out');
     if (values.force !== true && existsSync(out)) throw new LiveupError('ALREADY_EXISTS', `${out} exists; pass --force to replace it`, { file: out });
+    const verify = optString(values, 'grub-verify') ?? 'off';
+    if (verify !== 'off' && verify !== 'sha512') throw new LiveupError('INVALID_ARGUMENT', `--grub-verify must be off or sha512, got ${JSON.stringify(verify)}`);
     const g = await checkedGeneration(gendir, optString(values, 'keyring'), (l) => io.err(l));
     const consoles = values.serial === true ? ` ${SERIAL_CONSOLES}` : '';
     const layout = {
@@ -326,7 +329,7 @@ const diskCmd: Command = {
       espMiB: values['bios-only'] === true ? 0 : 64,
     };
     await makeDisk({
-      out, layout, defaultVersion: g.version, serial: values.serial === true, log: (l) => io.err(l),
+      out, layout, defaultVersion: g.version, serial: values.serial === true, verify, log: (l) => io.err(l),
       generations: [{ version: g.version, dir: gendir, name: g.name, kernelVersion: g.kernelVersion, cmdline: `${g.cmdline}${consoles}`.trim() }],
     });
     const firmware = layout.espMiB > 0 ? ['bios', 'uefi'] : ['bios'];

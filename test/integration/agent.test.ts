@@ -191,7 +191,9 @@ describe('liveup-agentd and agentctl', () => {
     expect(check).toMatchObject({ updateAvailable: true, availableVersion: 2 });
     const upd = await m.json<{ outcome: string; version: number }>(['update']);
     expect(upd).toMatchObject({ outcome: 'staged', version: 2 });
-    expect((await readdir(join(m.boot, 'live', '2'))).sort()).toEqual(['filesystem.squashfs', 'initrd.img', 'manifest.json', 'manifest.json.sig', 'vmlinuz']);
+    expect((await readdir(join(m.boot, 'live', '2'))).sort()).toEqual(['SHA512SUMS', 'filesystem.squashfs', 'initrd.img', 'manifest.json', 'manifest.json.sig', 'vmlinuz']);
+    // The staged files' signed hashes, in the format GRUB's hashsum and sha512sum -c read.
+    expect(execFileSync('sha512sum', ['-c', 'SHA512SUMS'], { cwd: join(m.boot, 'live', '2') }).toString()).toMatch(/vmlinuz: OK[\s\S]*initrd.img: OK|initrd.img: OK[\s\S]*vmlinuz: OK/);
     const cfg = await readFile(join(m.boot, 'grub', 'grub.cfg'), 'utf8');
     execFileSync('grub-script-check', [join(m.boot, 'grub', 'grub.cfg')]);
     const ids = [...cfg.matchAll(/--id[= ]'?(liveup-\d+)/g)].map((x) => x[1]);
@@ -211,6 +213,25 @@ describe('liveup-agentd and agentctl', () => {
     expect(integrity(m.state)).toBe('ok');
     // Only pino's JSON lines: no warning from node or V8 (the launcher's flags) in the service's log.
     expect(m.log().split('\n').filter((l) => l.trim() && !l.startsWith('{'))).toEqual([]);
+  });
+
+  it('grubVerify sha512: every entry is checked by GRUB first, generations staged before get their SHA512SUMS', async () => {
+    const m = await machine();
+    await mkdir(m.dropIns, { recursive: true });
+    await writeFile(join(m.dropIns, '50-verify.json'), JSON.stringify({ grubVerify: 'sha512' }));
+    await waitFor('config reload', async () => m.log().includes('configuration reloaded'));
+    expect(await m.json<{ outcome: string }>(['update'])).toMatchObject({ outcome: 'staged', version: 2 });
+    const cfg = await readFile(join(m.boot, 'grub', 'grub.cfg'), 'utf8');
+    execFileSync('grub-script-check', [join(m.boot, 'grub', 'grub.cfg')]);
+    for (const v of [1, 2]) {
+      expect(cfg).toContain(`if hashsum --hash sha512 --prefix /live/${v} --check /live/${v}/SHA512SUMS ; then`);
+      // Generation 1 was installed without the list: written from its staged manifest, and right.
+      execFileSync('sha512sum', ['-c', '--strict', 'SHA512SUMS'], { cwd: join(m.boot, 'live', String(v)) });
+    }
+    // A wrong value is refused by name and the running configuration kept.
+    await writeFile(join(m.dropIns, '50-verify.json'), JSON.stringify({ grubVerify: 'md5' }));
+    await waitFor("the bad drop-in refused", async () => /new configuration refused/.test(m.log()) && /50-verify\.json: expected one of \\"off\\", \\"sha512\\", got the string \\"md5\\" at \\"grubVerify\\"/.test(m.log()));
+    expect(await readFile(join(m.boot, 'grub', 'grub.cfg'), 'utf8')).toBe(cfg);
   });
 
   it('kill -9 mid-download, restart, resumes from the .part with a Range request', async () => {

@@ -86,6 +86,16 @@ describe('liveup-boot-check', () => {
     expect(ev?.status).toBe('ok');
   });
 
+  test("the re-rendered menu keeps the agent's in-GRUB verification (its journal setting)", async () => {
+    const j = Journal.open(join(e.stateDir, 'journal.db'));
+    j.setSetting('boot-menu-verify', 'sha512');
+    j.close();
+    expect((await bootCheck({ ...e, config: cfg(), reboot: false })).verdict).toBe('good');
+    const menu = await readFile(join(e.bootDir, 'grub', 'grub.cfg'), 'utf8');
+    expect(menu).toContain('if hashsum --hash sha512 --prefix /live/2 --check /live/2/SHA512SUMS ; then');
+    expect(menu).toContain('if hashsum --hash sha512 --prefix /live/1 --check /live/1/SHA512SUMS ; then');
+  });
+
   test('a required check fails: failed in the journal, reboot requested, default stays the last good', async () => {
     await script(join(e.checksDir, '10-ok'), 'exit 0');
     await script(join(e.checksDir, '20-bad'), 'echo broken >&2; exit 4');

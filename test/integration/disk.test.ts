@@ -16,7 +16,7 @@ import { runCli } from '../helpers/cli.js';
 import { publish } from '../../publisher/src/publish.js';
 import { mbrSector, planPartitions } from '../../publisher/src/disk.js';
 
-const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const sh = (cmd: string, args: string[], cwd?: string) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...(cwd ? { cwd } : {}) });
 
 describe('liveup disk', () => {
   it('lays out boot, data and EFI partitions; refuses what does not fit', () => {
@@ -38,7 +38,7 @@ describe('liveup disk', () => {
     const gendir = join(repo, 'generations', '1');
     const img = join(dir, 'out', 'machine.img');
     await mkdir(join(dir, 'out'));
-    const r = await runCli('liveup', ['disk', '--gendir', gendir, '--out', img, '--keyring', key.pubPath, '--size', '400M', '--data-size', '64M', '--serial', '--json']);
+    const r = await runCli('liveup', ['disk', '--gendir', gendir, '--out', img, '--keyring', key.pubPath, '--size', '400M', '--data-size', '64M', '--serial', '--grub-verify', 'sha512', '--json']);
     expect(r.code, r.stderr + r.stdout).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, path: img, version: 1, firmware: ['bios', 'uefi'], sizeMiB: 400, dataMiB: 64 });
     expect(r.stderr).toMatch(/manifest signature verified/);
@@ -62,11 +62,13 @@ describe('liveup disk', () => {
       await mkdir(mnt);
       sh('mount', ['-o', 'ro', `${loop}p1`, mnt]);
       try {
-        expect((await readdir(join(mnt, 'live', '1'))).sort()).toEqual(['filesystem.squashfs', 'initrd.img', 'manifest.json', 'manifest.json.sig', 'vmlinuz']);
+        expect((await readdir(join(mnt, 'live', '1'))).sort()).toEqual(['SHA512SUMS', 'filesystem.squashfs', 'initrd.img', 'manifest.json', 'manifest.json.sig', 'vmlinuz']);
+        expect(sh('sha512sum', ['-c', '--strict', join(mnt, 'live', '1', 'SHA512SUMS')], join(mnt, 'live', '1'))).toMatch(/filesystem.squashfs: OK/);
         expect(readFileSync(join(mnt, 'live', '1', 'filesystem.squashfs'))).toEqual(readFileSync(join(gendir, 'filesystem.squashfs')));
         const cfg = readFileSync(join(mnt, 'grub', 'grub.cfg'), 'utf8');
         expect(cfg).toMatch(/search --no-floppy --set=root --file '\/live\/\.liveup-boot'/);
         expect(cfg).toMatch(/linux \/live\/1\/vmlinuz .*boot=live components console=tty0 console=ttyS0,115200.*liveup\.generation=1/);
+        expect(cfg).toContain('if hashsum --hash sha512 --prefix /live/1 --check /live/1/SHA512SUMS ; then');
         expect(sh('grub-editenv', [join(mnt, 'grub', 'grubenv'), 'list'])).toBe('');
         expect(existsSync(join(mnt, 'grub', 'i386-pc', 'linux.mod'))).toBe(true);
         expect(existsSync(join(mnt, 'grub', 'x86_64-efi', 'linux.mod'))).toBe(true);
@@ -92,5 +94,6 @@ describe('liveup disk', () => {
     expect(await readdir(join(dir, 'out'))).toEqual(['machine.img']);
     // And the image in place is not replaced without --force.
     expect((await runCli('liveup', ['disk', '--gendir', gendir, '--out', img])).stderr).toMatch(/exists; pass --force/);
+    expect((await runCli('liveup', ['disk', '--gendir', gendir, '--out', img2, '--grub-verify', 'md5'])).stderr).toMatch(/--grub-verify must be off or sha512, got "md5"/);
   });
 });

@@ -51,8 +51,11 @@ async function rejection(p: Promise<unknown>): Promise<LiveupError> {
 async function expectStaged(pub: PublishedGeneration, bootDir: string): Promise<void> {
   const v = pub.verified.manifest.version;
   const dir = join(bootDir, 'live', String(v));
-  expect((await readdir(dir)).sort()).toEqual(['filesystem.squashfs', 'initrd.img', 'manifest.json', 'manifest.json.sig', 'vmlinuz']);
+  expect((await readdir(dir)).sort()).toEqual(['SHA512SUMS', 'filesystem.squashfs', 'initrd.img', 'manifest.json', 'manifest.json.sig', 'vmlinuz']);
   for (const a of pub.artifacts) expect((await readFile(join(dir, BOOT_FILES[a.role]))).equals(await pub.bytes(a))).toBe(true);
+  // One line per artifact, its signed hash and its name on the medium.
+  expect((await readFile(join(dir, 'SHA512SUMS'), 'utf8')).trim().split('\n').sort())
+    .toEqual(pub.artifacts.map((a) => `${a.sha512}  ${BOOT_FILES[a.role]}`).sort());
   expect((await readFile(join(dir, 'manifest.json'))).equals(Buffer.from(pub.verified.bytes))).toBe(true);
   expect((await readFile(join(dir, 'manifest.json.sig'))).equals(Buffer.from(pub.sig))).toBe(true);
   expect(await readdir(join(bootDir, 'live'))).toEqual([String(v)]);

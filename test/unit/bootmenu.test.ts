@@ -196,6 +196,26 @@ describe('renderBootMenu', () => {
     await grubScriptCheck(r.text);
   });
 
+  it("verify 'sha512': each entry loads only after hashsum checked its files, else returns so the fallback runs", async () => {
+    const r = renderBootMenu({ ...base, verify: 'sha512' });
+    await grubScriptCheck(r.text);
+    for (const [id, e] of menuentries(r.text)) {
+      const v = id.replace('liveup-', '');
+      const check = e.body.indexOf(`if hashsum --hash sha512 --prefix /live/${v} --check /live/${v}/SHA512SUMS ; then`);
+      const linux = e.body.findIndex((l) => l.startsWith(`linux /live/${v}/vmlinuz`));
+      const orElse = e.body.indexOf('else');
+      expect(check, id).toBeGreaterThanOrEqual(0);
+      // The kernel and initrd are loaded inside the passing branch only; the other branch loads nothing.
+      expect(linux).toBeGreaterThan(check);
+      expect(orElse).toBeGreaterThan(linux);
+      expect(e.body.slice(orElse).some((l) => /^(linux|initrd) /.test(l))).toBe(false);
+      expect(e.body.slice(orElse).join('\n')).toMatch(new RegExp(`generation ${v} failed its SHA-512 check`));
+    }
+    // Off (the default) loads directly.
+    expect(renderBootMenu(base).text).not.toMatch(/hashsum/);
+    expectCode(() => renderBootMenu({ ...base, verify: 'md5' as 'sha512' }), 'INVALID_ARGUMENT', /verify must be one of off, sha512/);
+  });
+
   it('a syntax error is caught by the grub-script-check helper (the check is real)', async () => {
     await expect(grubScriptCheck('if [ x ] ; then\n echo\n')).rejects.toThrow(/grub-script-check/);
   });

@@ -15,7 +15,9 @@ import { copyFileSync, mkdirSync, mkdtempSync, openSync, writeSync, closeSync, f
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { renderBootMenu, type BootMenuGeneration } from '../../agent/src/core/bootmenu.js';
+import { renderBootMenu, type BootMenuGeneration, type BootVerify } from '../../agent/src/core/bootmenu.js';
+import { parseManifest, type Manifest } from '../../agent/src/channel/schema.js';
+import { sha512sums } from '../../agent/src/adapters/stage.js';
 import { installGrubBios, mbrSector } from '../../publisher/src/disk.js';
 
 export interface DiskGeneration {
@@ -27,6 +29,8 @@ export interface DiskGeneration {
   readonly state: BootMenuGeneration['state'];
   /** Append a byte to the squashfs after computing the manifest's digest (a tampered medium). */
   readonly tamperSquashfs?: boolean;
+  /** Flip bytes in the kernel after its digest went into SHA512SUMS (for GRUB's hashsum). */
+  readonly tamperKernel?: boolean;
 }
 
 export interface DiskOptions {
@@ -35,6 +39,8 @@ export interface DiskOptions {
   readonly generations: readonly DiskGeneration[];
   readonly defaultVersion: number;
   readonly tryVersion?: number | null;
+  /** The menu's in-GRUB verification (SHA512SUMS is written for every generation either way). */
+  readonly verify?: BootVerify;
   /** Extra grubenv variables. */
   readonly grubenv?: Readonly<Record<string, string>>;
   readonly log?: (s: string) => void;
@@ -73,20 +79,30 @@ export async function assembleDisk(o: DiskOptions): Promise<void> {
       const d = join(mnt, 'live', String(g.version));
       mkdirSync(d, { recursive: true });
       for (const f of ['vmlinuz', 'initrd.img', 'filesystem.squashfs']) copyFileSync(join(g.gendir, f), join(d, f));
+      let manifest: Manifest;
       if (existsSync(join(g.gendir, 'manifest.json.sig'))) {
         // A published generation (REPO/generations/<v>): the signed manifest and package list, as the agent stages them.
         for (const f of ['manifest.json', 'manifest.json.sig', 'packages.json']) if (existsSync(join(g.gendir, f))) copyFileSync(join(g.gendir, f), join(d, f));
-        if (g.tamperSquashfs) appendFileSync(join(d, 'filesystem.squashfs'), 'tampered');
-        continue;
+        manifest = parseManifest(readFileSync(join(d, 'manifest.json')));
+      } else {
+        // A minimal manifest.json: what the initramfs verification reads (the agent stages the signed one).
+        const artifact = (role: 'squashfs' | 'kernel' | 'initrd', path: string) => {
+          const b = readFileSync(join(g.gendir, path));
+          return { role, path, length: b.length, sha512: createHash('sha512').update(b).digest('hex') };
+        };
+        manifest = {
+          format: 1, version: g.version, name: g.name,
+          artifacts: [artifact('squashfs', 'filesystem.squashfs'), artifact('kernel', 'vmlinuz'), artifact('initrd', 'initrd.img')],
+        } as unknown as Manifest;
+        writeFileSync(join(d, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
       }
-      // A minimal manifest.json: what the initramfs verification reads (the agent stages the signed one).
-      const sq = readFileSync(join(g.gendir, 'filesystem.squashfs'));
-      const manifest = {
-        format: 1, version: g.version, name: g.name,
-        artifacts: [{ role: 'squashfs', path: 'filesystem.squashfs', length: sq.length, sha512: createHash('sha512').update(sq).digest('hex') }],
-      };
-      writeFileSync(join(d, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
+      writeFileSync(join(d, 'SHA512SUMS'), sha512sums(manifest));
       if (g.tamperSquashfs) appendFileSync(join(d, 'filesystem.squashfs'), 'tampered');
+      if (g.tamperKernel) {
+        // Same length, different bytes in the middle of the image: only a hash notices.
+        const fd = openSync(join(d, 'vmlinuz'), 'r+');
+        try { writeSync(fd, Buffer.from('liveup-tampered'), 0, 15, 1 << 20); } finally { closeSync(fd); }
+      }
     }
     writeFileSync(join(mnt, 'live', '.liveup-boot'), 'liveup boot medium\n');
     mkdirSync(join(mnt, 'grub'), { recursive: true });
@@ -97,6 +113,7 @@ export async function assembleDisk(o: DiskOptions): Promise<void> {
       root: { kind: 'file', path: '/live/.liveup-boot' },
       timeoutSeconds: 1,
       serial: true,
+      verify: o.verify ?? 'off',
     });
     writeFileSync(join(mnt, 'grub', 'grub.cfg'), menu.text);
     sh('grub-editenv', [join(mnt, 'grub', 'grubenv'), 'create'], log);

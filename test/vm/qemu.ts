@@ -22,10 +22,29 @@ export interface Vm {
  * `image`: a raw disk (virtio); `cdrom`: an ISO on the IDE CD drive; `uefi`:
  * OVMF instead of SeaBIOS (Debian's ovmf package).
  */
+/**
+ * Wait for the serial console's autologin shell and make it parseable (no
+ * echo, no bracketed paste, no kernel messages); `since`: console length before the boot, so a
+ * prompt from an earlier boot does not count.
+ */
+export async function waitForShell(v: Vm, since: number): Promise<void> {
+  await v.waitFor(/:~# $|:~# \S*$/m, 120_000).catch(() => undefined);
+  for (let i = 0; i < 5; i++) {
+    // dmesg -n 1: kernel messages (drm, late drivers) would otherwise interleave with command output.
+    const r = await v.sh("stty -echo; bind 'set enable-bracketed-paste off' 2>/dev/null; dmesg -n 1; true", 20_000).catch(() => null);
+    if (r && v.console().length > since) return;
+  }
+  throw new Error('no shell on the serial console');
+}
+
 export function bootVm(opts: {
   image?: string; cdrom?: string; uefi?: boolean; consoleLog: string; memMiB?: number; allowReboot?: boolean;
   /** QEMU user networking (the guest reaches the netns' 127.0.0.1 as 10.0.2.2); QEMU runs inside `netns` when given. */
   net?: boolean; netns?: string;
+  /** The disk on virtio-scsi (sda) instead of virtio-blk: the guest can detach it (`/sys/block/sda/device/delete`). */
+  scsi?: boolean;
+  /** A kernel panic is part of the scenario: waitFor does not fail on one. */
+  allowPanic?: boolean;
 }): Vm {
   writeFileSync(opts.consoleLog, '');
   // flock holds the lock for QEMU's lifetime; -no-reboot makes a guest reboot end QEMU.
@@ -34,7 +53,8 @@ export function bootVm(opts: {
     // --no-fork: flock execs QEMU holding the lock, so stopping QEMU releases it (a forked flock would leave QEMU running).
     '--no-fork', '/var/lock/liveup-qemu.lock', 'qemu-system-x86_64',
     '-accel', 'tcg', '-cpu', 'qemu64', '-smp', '1', '-m', String(opts.memMiB ?? 2048),
-    ...(opts.image ? ['-drive', `file=${opts.image},format=raw,if=virtio`] : []),
+    ...(opts.image && !opts.scsi ? ['-drive', `file=${opts.image},format=raw,if=virtio`] : []),
+    ...(opts.image && opts.scsi ? ['-device', 'virtio-scsi-pci,id=scsi0', '-drive', `file=${opts.image},format=raw,if=none,id=disk0`, '-device', 'scsi-hd,drive=disk0,bus=scsi0.0'] : []),
     ...(opts.cdrom ? ['-cdrom', opts.cdrom] : []),
     ...(opts.uefi ? ['-bios', '/usr/share/ovmf/OVMF.fd'] : []),
     '-display', 'none', '-serial', 'stdio', '-monitor', 'none',
@@ -83,7 +103,7 @@ export function bootVm(opts: {
         if (m) return m;
         // Both GRUB entries failed: GRUB waits for a key forever (vm-boot-facts.md).
         if (/Press any key to continue/.test(text)) throw new Error(`GRUB failed to boot; see ${opts.consoleLog}`);
-        if (/Kernel panic/.test(text)) throw new Error(`kernel panic; see ${opts.consoleLog}`);
+        if (!opts.allowPanic && /Kernel panic/.test(text)) throw new Error(`kernel panic; see ${opts.consoleLog}`);
         return undefined;
       }, timeoutMs, `waiting for ${re}`);
     },

@@ -12,13 +12,16 @@
  * pass the verifier.
  */
 import { constants } from 'node:fs';
-import { link, mkdir, open, readdir, rename, rm, stat, statfs, unlink } from 'node:fs/promises';
+import { link, mkdir, open, readFile, readdir, rename, rm, stat, statfs, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { LiveupError, isLiveupError } from '../channel/errors.js';
 import { MANIFEST_FILE, SIG_SUFFIX } from '../channel/layout.js';
 import type { ArtifactRole } from '../channel/schema.js';
 import { ArtifactHasher, HASH_CHUNK, type VerifiedArtifact, type VerifiedManifest } from '../channel/verify.js';
+import { parseManifest, type Manifest } from '../channel/schema.js';
+import { SHA512SUMS_FILE } from '../core/bootmenu.js';
+import { writeFileAtomic } from '../util/fsatomic.js';
 import { fsyncDir, fsyncPath } from '../util/fsatomic.js';
 
 export const LIVE_DIR = 'live';
@@ -112,6 +115,7 @@ export async function stageGeneration(opts: StageOptions): Promise<StagedGenerat
       await fsyncPath(to);
       files[s.role] = join(finalDir, s.target);
     }
+    await writeNew(join(staging, SHA512SUMS_FILE), Buffer.from(sha512sums(m)));
     await writeNew(join(staging, MANIFEST_FILE), opts.manifest.bytes);
     await writeNew(join(staging, MANIFEST_FILE + SIG_SUFFIX), opts.manifestSig);
     await fsyncDir(staging);
@@ -127,6 +131,28 @@ export async function stageGeneration(opts: StageOptions): Promise<StagedGenerat
   // 4. The sources are consumed; a leftover is harmless (the fetcher resumes or replaces it).
   for (const s of steps) await unlink(s.artifact.path).catch(() => undefined);
   return { version: m.version, dir: finalDir, files };
+}
+
+/**
+ * The generation's files and their signed SHA-512s in `sha512sum` format, under
+ * their names on the boot medium: what GRUB's `hashsum --check` (and an
+ * administrator's `sha512sum -c`) reads.
+ */
+export function sha512sums(m: Manifest): string {
+  // Small files first: a bad kernel is refused before GRUB spends seconds on the squashfs.
+  const order: readonly ArtifactRole[] = ['kernel', 'initrd', 'squashfs', 'packages'];
+  return [...m.artifacts].sort((a, b) => order.indexOf(a.role) - order.indexOf(b.role)).map((a) => `${a.sha512}  ${BOOT_FILES[a.role]}\n`).join('');
+}
+
+/**
+ * Write SHA512SUMS for a generation staged before the file existed, from the
+ * manifest staged beside it (verified when it was staged). No-op when present.
+ */
+export async function ensureSha512Sums(bootDir: string, version: number): Promise<void> {
+  const dir = generationPath(bootDir, version);
+  if (await exists(join(dir, SHA512SUMS_FILE))) return;
+  const manifest = parseManifest(await readFile(join(dir, MANIFEST_FILE)), join(dir, MANIFEST_FILE));
+  await writeFileAtomic(join(dir, SHA512SUMS_FILE), sha512sums(manifest));
 }
 
 /** Pair each manifest artifact with exactly one VerifiedArtifact for the same signed bytes. */

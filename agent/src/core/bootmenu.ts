@@ -13,6 +13,10 @@
  *    the decrement is an if/elif ladder over 1..MAX_TRIES.
  * 4. `fallback` lists the good entries by index (GRUB 2.06 ignores ids there)
  *    for when the chosen entry's kernel or initrd cannot be loaded.
+ * 5. With `verify: 'sha512'` an entry loads its kernel and initrd only after
+ *    GRUB's `hashsum` checked them and the squashfs against the generation's
+ *    SHA512SUMS; otherwise the entry returns without loading anything, which
+ *    GRUB counts as a failed boot: the fallback entry runs, in the same boot.
  *
  * Everything read from grubenv is compared against values this renderer wrote
  * itself (ids, indexes, versions, digits) and never used as-is: a damaged block
@@ -59,7 +63,24 @@ export interface BootMenuModel {
   readonly liveDir?: string;
   /** `insmod` before `search`. Default: partition tables and ext2/3/4. */
   readonly modules?: readonly string[];
+  /**
+   * `sha512`: GRUB checks each entry's files against `<liveDir>/<v>/SHA512SUMS`
+   * before loading them (catches a corrupt or truncated kernel, initrd or
+   * squashfs before it runs; the list is as trusted as the medium it is on).
+   * Default `off`.
+   */
+  readonly verify?: BootVerify;
 }
+
+export type BootVerify = 'off' | 'sha512';
+export const BOOT_VERIFY_MODES: readonly BootVerify[] = ['off', 'sha512'];
+/**
+ * Journal setting holding the agent's `grubVerify`, so liveup-boot-check (which
+ * re-renders the menu without the agent's config) keeps the same mode.
+ */
+export const VERIFY_SETTING = 'boot-menu-verify';
+/** A generation's hash list on the boot medium, in `sha512sum` format (GRUB's `hashsum --check` reads it). */
+export const SHA512SUMS_FILE = 'SHA512SUMS';
 
 export interface BootMenuEntry {
   readonly index: number;
@@ -199,6 +220,7 @@ function validate(model: BootMenuModel): void {
   const liveDir = model.liveDir ?? DEFAULT_LIVE_DIR;
   if (!/^(\/[A-Za-z0-9._-]+)+$/.test(liveDir)) bad(`live directory ${JSON.stringify(liveDir)} must be an absolute path of plain names`);
   for (const m of model.modules ?? []) if (!/^[a-z0-9_]+$/.test(m)) bad(`module name ${JSON.stringify(m)} is not a GRUB module name`);
+  if (model.verify !== undefined && !BOOT_VERIFY_MODES.includes(model.verify)) bad(`verify must be one of ${BOOT_VERIFY_MODES.join(', ')}, got ${JSON.stringify(model.verify)}`);
 }
 
 export function renderBootMenu(model: BootMenuModel): RenderedBootMenu {
@@ -287,13 +309,25 @@ export function renderBootMenu(model: BootMenuModel): RenderedBootMenu {
     const e = entries[i]!;
     const dir = `${liveDir}/${g.version}`;
     const words = cmdlineWords(g.cmdline, g.version, liveDir);
+    const load = [`linux ${dir}/vmlinuz ${words.join(' ')}`, `initrd ${dir}/initrd.img`];
     add(
       `menuentry ${grubQuote(e.title)} --id ${e.id} --class gnu-linux --class os {`,
       `  echo ${grubQuote(`liveup: loading generation ${g.version}`)}`,
-      `  linux ${dir}/vmlinuz ${words.join(' ')}`,
-      `  initrd ${dir}/initrd.img`,
-      '}',
     );
+    if (model.verify === 'sha512') {
+      add(
+        `  if hashsum --hash sha512 --prefix ${dir} --check ${dir}/${SHA512SUMS_FILE} ; then`,
+        `    echo ${grubQuote(`liveup: generation ${g.version} passed its SHA-512 check`)}`,
+        ...load.map((l) => `    ${l}`),
+        '  else',
+        // Nothing loaded: GRUB treats the entry as failed and runs the fallback.
+        `    echo ${grubQuote(`liveup: generation ${g.version} failed its SHA-512 check; not booting it`)}`,
+        '  fi',
+      );
+    } else {
+      add(...load.map((l) => `  ${l}`));
+    }
+    add('}');
   }
   return { text: L.join('\n') + '\n', entries, defaultIndex, fallbackIndexes, tryIndex };
 }
