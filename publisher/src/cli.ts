@@ -10,6 +10,7 @@ import { build, DEFAULT_CACHE } from './factory/build.js';
 import { writeIso } from './iso.js';
 import { checkedGeneration, makeDisk } from './disk.js';
 import { SERIAL_CONSOLES } from './generation.js';
+import { BOOT_VERIFY_MODES, type BootVerify } from '../../agent/src/core/bootmenu.js';
 import { existsSync } from 'node:fs';
 import { FLEET_COMMANDS } from '../../fleet/src/cli.js';
 import { derive, DEFAULT_REBOOT_PACKAGES } from './factory/derive.js';
@@ -320,7 +321,9 @@ const diskCmd: Command = {
     const out = requireString(values, 'out');
     if (values.force !== true && existsSync(out)) throw new LiveupError('ALREADY_EXISTS', `${out} exists; pass --force to replace it`, { file: out });
     const verify = optString(values, 'grub-verify') ?? 'off';
-    if (verify !== 'off' && verify !== 'sha512') throw new LiveupError('INVALID_ARGUMENT', `--grub-verify must be off or sha512, got ${JSON.stringify(verify)}`);
+    if (!(BOOT_VERIFY_MODES as readonly string[]).includes(verify)) {
+      throw new LiveupError('INVALID_ARGUMENT', `--grub-verify must be ${BOOT_VERIFY_MODES.join(' or ')}, got ${JSON.stringify(verify)}`);
+    }
     const g = await checkedGeneration(gendir, optString(values, 'keyring'), (l) => io.err(l));
     const consoles = values.serial === true ? ` ${SERIAL_CONSOLES}` : '';
     const layout = {
@@ -329,7 +332,7 @@ const diskCmd: Command = {
       espMiB: values['bios-only'] === true ? 0 : 64,
     };
     await makeDisk({
-      out, layout, defaultVersion: g.version, serial: values.serial === true, verify, log: (l) => io.err(l),
+      out, layout, defaultVersion: g.version, serial: values.serial === true, verify: verify as BootVerify, log: (l) => io.err(l),
       generations: [{ version: g.version, dir: gendir, name: g.name, kernelVersion: g.kernelVersion, cmdline: `${g.cmdline}${consoles}`.trim() }],
     });
     const firmware = layout.espMiB > 0 ? ['bios', 'uefi'] : ['bios'];

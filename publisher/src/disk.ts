@@ -22,11 +22,11 @@
  * at the end: a failure leaves no half image. Needs root (loop devices).
  */
 import { closeSync, existsSync, openSync, readFileSync, writeSync, ftruncateSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { LiveupError } from '../../agent/src/channel/errors.js';
-import { SHA512SUMS_FILE, renderBootMenu, type BootVerify } from '../../agent/src/core/bootmenu.js';
-import { sha512sums } from '../../agent/src/adapters/stage.js';
+import { renderBootMenu, type BootVerify } from '../../agent/src/core/bootmenu.js';
+import { ensureSha512Sums } from '../../agent/src/adapters/stage.js';
 import { parseManifest } from '../../agent/src/channel/schema.js';
 import { loadKeyring, verifyDetached } from '../../agent/src/channel/signature.js';
 import { verifyArtifactFile } from '../../agent/src/channel/verify.js';
@@ -167,7 +167,7 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
         else if (f !== GENDIR_FILES.packages) throw new LiveupError('NOT_FOUND', `${join(g.dir, f)} is missing: is ${g.dir} a published generation?`, { file: join(g.dir, f) });
       }
       // As the agent stages it: the signed hashes for GRUB's hashsum (and sha512sum -c).
-      await writeFile(join(d, SHA512SUMS_FILE), sha512sums(parseManifest(await readFile(join(d, 'manifest.json')), join(g.dir, 'manifest.json'))));
+      await ensureSha512Sums(boot, g.version);
     }
     await writeFile(join(boot, BOOT_MARKER), 'liveup boot medium\n');
     await mkdir(join(boot, 'grub'), { recursive: true });

@@ -31,9 +31,7 @@ export function runAsync(cmd: string, args: readonly string[], opts: { timeoutMs
   });
 }
 
-/** The checkout: two levels up from test/vm/, three from dist/test/vm/ (bench/boot runs the compiled copy). */
-export const REPO = [resolve(import.meta.dirname, '../..'), resolve(import.meta.dirname, '../../..')]
-  .find((d) => existsSync(join(d, 'initramfs-hooks')) && existsSync(join(d, 'package.json')))!;
+export const REPO = resolve(import.meta.dirname, '../..');
 export const VM_CACHE = process.env.LIVEUP_VM_CACHE ?? '/var/cache/liveup/vm';
 export const MARKER = 'LIVEUP-VM-MARKER';
 
@@ -77,15 +75,6 @@ function agentLines(a: AgentSetup): string[] {
     'mkdir -p /etc/systemd/network',
     `printf '[Match]\\nName=en* eth*\\n[Network]\\nDHCP=ipv4\\n' > /etc/systemd/network/20-liveup-vm.network`,
     'systemctl enable systemd-networkd.service',
-    // A required boot check the test can make fail for one generation: a flag on the data partition.
-    'mkdir -p /etc/liveup/checks.d',
-    `cat > /etc/liveup/checks.d/50-vm-fail-on-request <<'LIVEUP_EOF'`,
-    '#!/bin/sh',
-    'v=$(cat /run/liveup/booted 2>/dev/null)',
-    'if [ -n "$v" ] && [ -e "/var/lib/liveup/fail-generation-$v" ]; then echo "generation $v fails on the test\'s request" >&2; exit 1; fi',
-    'exit 0',
-    'LIVEUP_EOF',
-    'chmod 0755 /etc/liveup/checks.d/50-vm-fail-on-request',
   ];
 }
 
@@ -177,18 +166,4 @@ export async function buildTestGeneration(log: (s: string) => void = () => {}, a
   await runAsync(join(REPO, 'bin', 'liveup'), ['build', '--profile', join(dir, 'profile', 'profile.json'), '--out', gendir, ...agentArgs], { timeoutMs: 20 * 60_000 });
   writeFileSync(join(dir, 'done'), new Date().toISOString() + '\n');
   return { gendir, hash, cached: false };
-}
-
-/**
- * The generation carrying the real agent as shipped (packaging/build's .deb;
- * dist/ must be built) and one cached signing key whose public half it pins.
- */
-export async function buildAgentGeneration(log: (s: string) => void, channelUrl: string): Promise<BuiltGeneration & { keys: string }> {
-  const debDir = join(VM_CACHE, 'debs');
-  mkdirSync(debDir, { recursive: true });
-  const deb = (await runAsync(join(REPO, 'packaging', 'build'), ['--only', 'agent', '--no-tsc', '--out', debDir])).trim().split('\n').pop()!;
-  // One signing key for the cached generations (their keyring is baked in).
-  const keys = join(VM_CACHE, 'keys');
-  if (!existsSync(join(keys, 'vm.pub.asc'))) await runAsync(join(REPO, 'bin', 'liveup'), ['key', 'generate', '--out', keys, '--name', 'vm']);
-  return { ...(await buildTestGeneration(log, { deb, keyringAsc: join(keys, 'vm.pub.asc'), channelUrl })), keys };
 }

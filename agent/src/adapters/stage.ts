@@ -17,12 +17,10 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { LiveupError, isLiveupError } from '../channel/errors.js';
 import { MANIFEST_FILE, SIG_SUFFIX } from '../channel/layout.js';
-import type { ArtifactRole } from '../channel/schema.js';
+import { parseManifest, type ArtifactRole, type Manifest } from '../channel/schema.js';
 import { ArtifactHasher, HASH_CHUNK, type VerifiedArtifact, type VerifiedManifest } from '../channel/verify.js';
-import { parseManifest, type Manifest } from '../channel/schema.js';
 import { SHA512SUMS_FILE } from '../core/bootmenu.js';
-import { writeFileAtomic } from '../util/fsatomic.js';
-import { fsyncDir, fsyncPath } from '../util/fsatomic.js';
+import { fsyncDir, fsyncPath, writeFileAtomic } from '../util/fsatomic.js';
 
 export const LIVE_DIR = 'live';
 const STAGING_PREFIX = '.staging-';
