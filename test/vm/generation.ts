@@ -109,6 +109,16 @@ function hookScript(agent?: AgentSetup): string {
     'passwd -d root || true',
     // kexec-tools, if present, must not turn reboots into kexec (vm-boot-facts.md).
     'if [ -f /etc/default/kexec ]; then sed -i s/^LOAD_KEXEC=.*/LOAD_KEXEC=false/ /etc/default/kexec; fi',
+    // A required health check of the image that fails when the test asks for it: a file
+    // /var/lib/liveup/fail-generation-N on the data partition (which the test writes from the guest)
+    // fails generation N's boot check, and only N's.
+    'mkdir -p /etc/liveup/checks.d',
+    `cat > /etc/liveup/checks.d/50-vm-fail-on-request <<'LIVEUP_EOF'`,
+    '#!/bin/sh',
+    'v=$(cat /run/liveup/booted 2>/dev/null)',
+    'if [ -n "$v" ] && [ -e "/var/lib/liveup/fail-generation-$v" ]; then echo "generation $v fails on request (VM test)" >&2; exit 1; fi',
+    'LIVEUP_EOF',
+    'chmod 0755 /etc/liveup/checks.d/50-vm-fail-on-request',
     ...(agent ? agentLines(agent) : []),
   );
   return lines.join('\n') + '\n';

@@ -17,6 +17,18 @@
  * 5. `agentctl rollback --now`: generation 1's image boots again (through
  *    systemd's reboot), the rollback is journalled, and 2 is not taken again
  *    on its own.
+ * 6. kexec: generation 3 adds a kernel package; with the machine's policy set
+ *    to kexec, `agentctl update --now` switches without firmware or GRUB, and
+ *    3's kernel runs and passes its boot check.
+ * 7. Outside the maintenance window (policy reboot), generation 4 is staged
+ *    and the reboot waits; `agentctl status` says until when.
+ * 8. kill -9 of the agent's unit while dpkg replays 4 live: after systemd
+ *    restarts it, the interruption is journalled, `dpkg --audit` is clean and
+ *    status says a reboot into 4 is needed.
+ * 9. That reboot: generation 4's required health check fails (on request),
+ *    the boot check marks it failed and reboots, GRUB boots 3 on its own (the
+ *    trial's tries are spent), 3's clean image runs, 4 is not taken again and
+ *    the endpoint shows it as failed.
  * Throughout, the machine is enrolled with `liveup fleet serve` (in the same
  * namespace, 10.0.2.2:8443) and shows there with what it runs, before and
  * after the reboot, as one machine.
@@ -26,7 +38,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildTestGeneration, MARKER, REPO, runAsync, VM_CACHE } from './generation.js';
-import { bootVm, type Vm } from './qemu.js';
+import { bootVm, waitForShell, type Vm } from './qemu.js';
 import { openFleetStore } from '../../fleet/src/store.js';
 
 const RUN = process.env.LIVEUP_VM_TESTS === '1';
@@ -46,6 +58,8 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
   let gen1 = '';
   let gen2 = '';
   let gen3 = '';
+  let gen3Kernel = '';
+  let gen4 = '';
   let publish: (g: string) => Promise<string> = async () => '';
   const log = (s: string) => console.log(s);
 
@@ -74,16 +88,27 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
       await runAsync(liveup, ['derive', '--from', repo, '--channel', 'stable', '--keyring', join(keys, 'vm.pub.asc'), '--install', 'hello', '--out', gen2], { timeoutMs: 15 * 60_000 });
     }
     await publish(gen2);
-    // Generation 3 = 2 + lvm2: its initramfs-tools hook triggers update-initramfs, so the
-    // initrd changes while the kernel does not — a reboot is required, and kexec does it.
+    // Generation 3 = 2 + a second kernel package (linux-image-cloud-amd64, which /vmlinuz then
+    // points at): the kernel and its initrd change, a reboot is required, and kexec does it.
     // Published later in the test; derived from 2 here (cached).
-    gen3 = join(VM_CACHE, built.hash, 'gen3-lvm2');
+    gen3 = join(VM_CACHE, built.hash, 'gen3-kernel');
     if (!existsSync(join(gen3, 'generation.json'))) {
-      log('deriving generation 3 (+lvm2: a new initrd)');
-      await runAsync(liveup, ['derive', '--from', repo, '--channel', 'stable', '--keyring', join(keys, 'vm.pub.asc'), '--install', 'lvm2', '--out', gen3], { timeoutMs: 15 * 60_000 });
+      log('deriving generation 3 (+linux-image-cloud-amd64: a new kernel)');
+      await runAsync(liveup, ['derive', '--from', repo, '--channel', 'stable', '--keyring', join(keys, 'vm.pub.asc'), '--install', 'linux-image-cloud-amd64', '--out', gen3], { timeoutMs: 15 * 60_000 });
     }
-    const g3 = JSON.parse(readFileSync(join(gen3, 'generation.json'), 'utf8')) as { rebootRequired: { required: boolean; reasons: string[] }; parent: number };
-    expect(g3).toMatchObject({ parent: 2, rebootRequired: { required: true, reasons: expect.arrayContaining(['initrd']) } });
+    const g3 = JSON.parse(readFileSync(join(gen3, 'generation.json'), 'utf8')) as { rebootRequired: { required: boolean; reasons: string[] }; parent: number; kernel: { version: string } };
+    expect(g3).toMatchObject({ parent: 2, rebootRequired: { required: true, reasons: expect.arrayContaining(['kernel', 'initrd']) } });
+    gen3Kernel = g3.kernel.version;
+    const g1 = JSON.parse(readFileSync(join(gen1, 'generation.json'), 'utf8')) as { kernel: { version: string } };
+    expect(gen3Kernel).not.toBe(g1.kernel.version);
+    // Generation 4 = 3 + sl and cowsay (perl with it: a replay long enough to be killed in the middle),
+    // packages only: replayable live. Derived from 3's directory before 3 is published (--parent 3).
+    gen4 = join(VM_CACHE, built.hash, 'gen4-sl');
+    if (!existsSync(join(gen4, 'generation.json'))) {
+      log('deriving generation 4 (+sl, cowsay)');
+      await runAsync(liveup, ['derive', '--from', gen3, '--parent', '3', '--install', 'sl,cowsay', '--out', gen4], { timeoutMs: 15 * 60_000 });
+    }
+    expect(JSON.parse(readFileSync(join(gen4, 'generation.json'), 'utf8'))).toMatchObject({ parent: 3, rebootRequired: { required: false } });
     // The machine's disk as an administrator makes one: `liveup disk` (checked against the key), booted with UEFI.
     image = join(work, 'disk.img');
     await runAsync(liveup, ['disk', '--gendir', join(repo, 'generations', '1'), '--keyring', join(keys, 'vm.pub.asc'), '--out', image, '--size', '3072M', '--data-size', '1024M', '--serial']);
@@ -93,7 +118,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     fleetDb = `sqlite:${join(work, 'fleet.db')}`;
     fleetToken = (await runAsync(liveup, ['fleet', 'token', 'create', 'vm-machines', '--db', fleetDb])).trim();
     fleet = spawn('ip', ['netns', 'exec', ns, process.execPath, liveup, 'fleet', 'serve', '--db', fleetDb, '--listen', `127.0.0.1:${FLEET_PORT}`], { stdio: 'inherit' });
-  }, 40 * 60_000);
+  }, 60 * 60_000);
 
   afterAll(async () => {
     await vm?.stop();
@@ -103,20 +128,10 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     if (image) rmSync(image, { force: true }); // console logs stay beside it
   });
 
-  /** Wait for the autologin shell and make it parseable. */
-  async function shell(v: Vm, since: number): Promise<void> {
-    await v.waitFor(/:~# $|:~# \S*$/m, 120_000).catch(() => undefined);
-    for (let i = 0; i < 5; i++) {
-      const r = await v.sh("stty -echo; bind 'set enable-bracketed-paste off' 2>/dev/null; true", 20_000).catch(() => null);
-      if (r && v.console().length > since) return;
-    }
-    throw new Error('no shell on the serial console');
-  }
-
   test('live replay without a reboot, then generation 2 boots from its image and passes its boot check', async () => {
     vm = bootVm({ image, uefi: true, net: true, netns: ns, allowReboot: true, consoleLog: join(work, 'console.log') });
     expect((await vm.waitFor(new RegExp(`${MARKER} booted=(\\S+)\\s*$`, 'm'), 300_000))[1]).toBe('1');
-    await shell(vm, 0);
+    await waitForShell(vm, 0);
     // The agent runs, and the boot medium is writable where it stages.
     for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-agent')).out.trim() !== 'active'; i++) await new Promise((r) => setTimeout(r, 2000));
     expect((await vm.sh('systemctl is-active liveup-agent liveup-boot-medium')).out.trim().split('\n')).toEqual(['active', 'active']);
@@ -168,7 +183,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     await vm.sh('systemctl reboot', 10_000).catch(() => undefined);
     const m = await vm.waitFor(new RegExp(`${MARKER} booted=2\\s*$`, 'm'), 400_000);
     expect(m).toBeTruthy();
-    await shell(vm, before);
+    await waitForShell(vm, before);
     expect((await vm.sh('cat /proc/cmdline')).out).toMatch(/liveup\.generation=2/);
     expect((await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim()).not.toBe(bootId);
     expect((await vm.sh('hello')).out).toMatch(/Hello, world!/);
@@ -196,7 +211,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     const rollback = vm.sh('agentctl rollback --now --json', 60_000).catch(() => null); // the reboot may cut the answer off
     await vm.waitFor(new RegExp(`${MARKER} booted=2[\\s\\S]*${MARKER} booted=1\\s*$`, 'm'), 400_000);
     await rollback;
-    await shell(vm, beforeRollback);
+    await waitForShell(vm, beforeRollback);
     expect((await vm.sh('cat /proc/cmdline')).out).toMatch(/liveup\.generation=1\b/);
     expect((await vm.sh('dpkg-query -W hello')).rc).not.toBe(0); // generation 1's clean image
     const rolled = JSON.parse((await vm.sh('agentctl status --json')).out.trim()) as { bootedVersion: number };
@@ -206,7 +221,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect(recheck.updateAvailable).toBe(false); // held back after a rollback until an operator says otherwise
     expect((await onEndpoint())!.machine.report).toMatchObject({ bootedVersion: 1 });
 
-    // kexec: generation 3 changes the initrd (lvm2's hook), so it cannot be replayed live. With the machine's own
+    // kexec: generation 3 changes the kernel package, so it cannot be replayed live. With the machine's own
     // policy set to kexec (a local drop-in, on the data partition), `agentctl update --now` loads
     // 3's kernel and initrd and starts kexec.target: no firmware, no GRUB.
     await publish(gen3);
@@ -219,13 +234,77 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     const kexecBoot = vm.console().slice(beforeKexec);
     expect(kexecBoot).toMatch(/kexec/i);
     expect(kexecBoot).not.toMatch(/SeaBIOS|GNU GRUB/); // no firmware, no boot loader on the way
-    await shell(vm, beforeKexec);
+    await waitForShell(vm, beforeKexec);
     log(`kexec: agentctl update --now (fetch, verify, stage, kexec) to a shell on generation 3 in ${((Date.now() - kexecStart) / 1000).toFixed(0)} s (TCG)`);
     expect((await vm.sh('cat /proc/cmdline')).out).toMatch(/liveup\.generation=3\b/);
-    expect((await vm.sh('command -v lvm')).rc).toBe(0);
+    expect((await vm.sh('uname -r')).out.trim()).toBe(gen3Kernel); // generation 3's kernel runs
     for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-boot-check')).out.trim() === 'activating'; i++) await new Promise((r) => setTimeout(r, 2000));
     expect((await vm.sh('systemctl is-active liveup-boot-check')).out.trim()).toBe('active');
     expect(JSON.parse((await vm.sh('agentctl status --json')).out.trim())).toMatchObject({ bootedVersion: 3, lastGoodVersion: 3 });
     expect(await history()).toContainEqual(expect.objectContaining({ kind: 'update', version: 3 }));
-  }, 60 * 60_000);
+    const statusJson = async () => JSON.parse((await vm!.sh('agentctl status --json')).out.trim()) as Record<string, unknown>;
+
+    // Outside the maintenance window a disruptive step waits, and status says until when. The
+    // machine's policy is now `reboot` within a window that opens in two hours (guest clock, UTC).
+    await publish(gen4);
+    const inHours = async (h: number) => (await vm!.sh(`date -u -d '+${h} hour' +%H:%M`)).out.trim();
+    const opens = await inHours(2);
+    const windowed = { rebootStrategy: 'reboot', timeZone: 'UTC', maintenanceWindows: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], start: opens, end: await inHours(3) }] };
+    expect((await vm.sh(`rm /var/lib/liveup/agent.d/60-kexec.json && echo '${JSON.stringify(windowed)}' > /var/lib/liveup/agent.d/60-window.json && sleep 2`)).rc).toBe(0);
+    const bootIdOn3 = (await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim();
+    const waiting = await vm.sh('agentctl update --json', 900_000);
+    expect(waiting.rc, waiting.out).toBe(0);
+    const waitResult = JSON.parse(waiting.out.trim().split('\n').pop()!) as { outcome: string; version: number; message: string };
+    expect(waitResult).toMatchObject({ outcome: 'staged', version: 4 });
+    expect(waitResult.message).toMatch(/reboot to 4 waits: outside the maintenance window/);
+    const held = await statusJson();
+    expect(held).toMatchObject({ bootedVersion: 3, runningVersion: 3, stagedVersion: 4, decision: 'wait' });
+    const until = new Date(String(held.decisionUntil));
+    expect(until.toISOString().slice(11, 16)).toBe(opens);
+    expect(until.getTime() - Date.parse((await vm.sh('date -u -Iseconds')).out.trim())).toBeGreaterThan(100 * 60_000);
+    expect((await vm.sh('agentctl status')).out).toMatch(new RegExp(`waits: outside the maintenance window, next .*${until.toISOString().slice(0, 16)}`));
+    expect((await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim()).toBe(bootIdOn3); // it waited: no reboot
+
+    // kill -9 in the middle of a live replay (policy live again): the whole unit is killed while the
+    // real dpkg run (not its --simulate) installs 4's packages. A tight loop in the guest catches it.
+    expect((await vm.sh('rm /var/lib/liveup/agent.d/60-window.json && sleep 2')).rc).toBe(0);
+    await vm.sh('(agentctl update --apply-live --json > /root/apply.out 2>&1 &)');
+    const killed = await vm.sh(
+      'for i in $(seq 1 20000); do for p in $(pgrep -x dpkg); do a=$(tr "\\0" " " < /proc/$p/cmdline 2>/dev/null); case "$a" in *--simulate*) ;; *" -i "*) systemctl kill -s KILL liveup-agent; echo killed-during-dpkg; break 2;; esac; done; [ -s /root/apply.out ] && break; done; true',
+      900_000);
+    expect(killed.out).toMatch(/killed-during-dpkg/);
+    // systemd restarts the agent (Restart=on-failure); its start recovers the interrupted replay.
+    let after9: Record<string, unknown> = {};
+    for (let i = 0; i < 90 && !after9.needsReboot; i++) {
+      const r = await vm.sh('agentctl status --json', 60_000);
+      after9 = r.rc === 0 ? JSON.parse(r.out.trim()) as Record<string, unknown> : {};
+      if (!after9.needsReboot) await new Promise((r) => setTimeout(r, 2000));
+    }
+    expect(after9).toMatchObject({ bootedVersion: 3, runningVersion: 3, needsReboot: { version: 4, reason: expect.stringMatching(/interrupted/) } });
+    expect(await history()).toContainEqual(expect.objectContaining({ kind: 'recovery', version: 4 }));
+    const audit = await vm.sh('dpkg --audit');
+    expect(audit).toEqual({ out: '', rc: 0 }); // dpkg --configure -a finished what was unpacked
+    expect((await vm.sh('agentctl status')).out).toMatch(/Needs reboot:\s+into 4/);
+
+    // A reboot gives a clean generation. Generation 4 is the armed trial, but its required health
+    // check fails (the image's check, asked to by a file on the data partition): the boot check marks
+    // it failed and reboots, GRUB's trial has no tries left, and generation 3 boots on its own.
+    const beforeFail = vm.console().length;
+    await vm.sh('touch /var/lib/liveup/fail-generation-4 && sync && systemctl reboot', 10_000).catch(() => undefined);
+    await vm.waitFor(/liveup: loading generation 4[\s\S]*liveup: loading generation 3/, 900_000);
+    expect(vm.console().lastIndexOf('liveup: loading generation 4')).toBeGreaterThan(beforeFail);
+    await vm.waitFor(new RegExp(`liveup: loading generation 3[\\s\\S]*${MARKER} booted=3\\s*$`, 'm'), 400_000);
+    const failBoots = vm.console().slice(beforeFail);
+    expect(failBoots).toMatch(/fails on request/);
+    await waitForShell(vm, beforeFail);
+    expect((await vm.sh('cat /proc/cmdline')).out).toMatch(/liveup\.generation=3\b/);
+    expect((await vm.sh('dpkg-query -W sl')).rc).not.toBe(0); // 3's clean image: nothing of the killed replay
+    expect(await vm.sh('dpkg --audit')).toEqual({ out: '', rc: 0 });
+    expect(await history()).toContainEqual(expect.objectContaining({ kind: 'boot-check', status: 'failed', version: 4 }));
+    expect(await statusJson()).toMatchObject({ bootedVersion: 3, lastGoodVersion: 3, needsReboot: null });
+    const again = JSON.parse((await vm.sh('agentctl check --json', 120_000)).out.trim().split('\n').pop()!) as { updateAvailable: boolean; availableVersion: number };
+    expect(again).toMatchObject({ availableVersion: 4, updateAvailable: false }); // a failed generation is not taken again
+    expect((await vm.sh('grub-editenv /run/liveup/boot/grub/grubenv list')).out).not.toMatch(/liveup_try_version=4/);
+    expect((await onEndpoint())!.machine.report).toMatchObject({ bootedVersion: 3, failedVersion: 4 });
+  }, 90 * 60_000);
 });
