@@ -43,7 +43,7 @@ import type { FleetReporter } from './adapters/fleet.js';
 import type { JsonObject } from './adapters/journal.js';
 import { hostname, uptime } from 'node:os';
 import { loadKexec, paramsToKeep } from './adapters/kexec.js';
-import { prepareNextRoot } from './adapters/nextroot.js';
+import { handOverToNextRoot, prepareNextRoot, teardownNextRoot } from './adapters/nextroot.js';
 import { writeFileAtomic, ensureDir } from './util/fsatomic.js';
 
 export interface AgentDeps {
@@ -83,7 +83,7 @@ export interface HostFacts {
  */
 export interface SwitchActions {
   kexec(t: { bootDir: string; version: number; cmdline: string }): Promise<void>;
-  softReboot(t: { squashfs: string; persistent: readonly string[] }): Promise<void>;
+  softReboot(t: { version: number; squashfs: string; persistent: readonly string[] }): Promise<void>;
   reboot(): Promise<void>;
 }
 
@@ -94,8 +94,17 @@ const THIS_MACHINE: SwitchActions = {
     await createSystemd('system').startTarget('kexec.target');
   },
   async softReboot(t) {
-    await prepareNextRoot({ squashfs: t.squashfs, persistent: t.persistent });
-    await createSystemd('system').startTarget('soft-reboot.target');
+    const mounts = await prepareNextRoot({ squashfs: t.squashfs, persistent: t.persistent });
+    let undo: (() => Promise<void>) | null = null;
+    try {
+      undo = await handOverToNextRoot({ runDir: '/run/liveup', version: t.version });
+      await createSystemd('system').startTarget('soft-reboot.target');
+    } catch (e) {
+      // Not switched: this userspace stays what it was, with no new root left mounted.
+      await undo?.();
+      await teardownNextRoot(mounts);
+      throw e;
+    }
   },
   reboot: () => createSystemd('system').startTarget('reboot.target'),
 };
@@ -667,7 +676,7 @@ export class Agent implements AgentApi {
       return { version: v, outcome: 'kexec-scheduled', message: `switching to generation ${v} with kexec: ${d.reason}` };
     }
     if (d.action === 'soft-reboot') {
-      await this.#step('reboot', v, () => actions.softReboot({ squashfs: join(dir, 'filesystem.squashfs'), persistent: [this.#config.stateDir] }),
+      await this.#step('reboot', v, () => actions.softReboot({ version: v, squashfs: join(dir, 'filesystem.squashfs'), persistent: [this.#config.stateDir] }),
         () => `soft-reboot into ${v}: /run/nextroot mounted, soft-reboot.target started (${d.reason})`);
       return { version: v, outcome: 'reboot-scheduled', message: `switching userspace to generation ${v} (soft-reboot): ${d.reason}` };
     }

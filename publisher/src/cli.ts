@@ -345,7 +345,7 @@ const diskCmd: Command = {
 const deriveCmd: Command = {
   path: ['derive'],
   summary: 'derive a generation from the latest one by installing, removing or upgrading packages',
-  usage: '--from REPO|GENDIR [--channel NAME] [--keyring PUB.asc] [--install P]… [--remove P]… [--upgrade] --out GENDIR',
+  usage: '--from REPO|GENDIR [--channel NAME] [--keyring PUB.asc] [--install P]… [--deb FILE]… [--remove P]… [--upgrade] --out GENDIR',
   description:
     'Unpacks the source generation, applies the changes with apt in a chroot and records exactly which\n' +
     '.deb files dpkg installed (in dpkg\'s order) and which packages it removed, into GENDIR/generation.json\n' +
@@ -358,6 +358,7 @@ const deriveCmd: Command = {
     keyring: { type: 'string', description: 'verify the repository with these pinned public keys', valueName: 'PUB.asc' },
     install: { type: 'string', multiple: true, description: 'package to install or upgrade (name or name=VERSION)', valueName: 'P' },
     remove: { type: 'string', multiple: true, description: 'package to remove', valueName: 'P' },
+    deb: { type: 'string', multiple: true, description: 'local .deb file to install or upgrade to (with its dependencies from the sources)', valueName: 'FILE' },
     upgrade: { type: 'boolean', description: 'apt-get full-upgrade first' },
     out: { type: 'string', description: 'generation directory to write', valueName: 'GENDIR' },
     name: { type: 'string', description: 'generation name (default: source name + timestamp)' },
@@ -375,6 +376,7 @@ const deriveCmd: Command = {
       keyring: keyringPath ? await loadKeyring(keyringPath) : undefined,
       install: stringList(values, 'install').flatMap((x) => x.split(',')).filter(Boolean),
       remove: stringList(values, 'remove').flatMap((x) => x.split(',')).filter(Boolean),
+      debs: stringList(values, 'deb'),
       upgrade: values.upgrade === true,
       out: requireString(values, 'out'),
       name: optString(values, 'name'),

@@ -150,6 +150,43 @@ describe.skipIf(skip)('liveup build / derive (real debootstrap and apt)', () => 
       .toBeGreaterThan(g.changes.findIndex((c) => /^linux-image-\d/.test(c.package)));
   }, LONG);
 
+  it('derives from a local .deb: apt brings its dependency from the archive, both are recorded with their files', async () => {
+    // A publisher's own package: one file, depending on a package from Debian (sl).
+    const root = join(dir, 'ours-tree');
+    await mkdir(join(root, 'DEBIAN'), { recursive: true });
+    await mkdir(join(root, 'usr', 'share', 'ours'), { recursive: true });
+    await writeFile(join(root, 'DEBIAN', 'control'), 'Package: ours\nVersion: 2.0-1\nArchitecture: all\nMaintainer: t <t@liveup.invalid>\nDepends: sl\nDescription: a local package\n');
+    await writeFile(join(root, 'usr', 'share', 'ours', 'README'), 'ours 2.0\n');
+    const deb = join(dir, 'ours-2.0.deb'); // not apt's file name: the record must not depend on it
+    execFileSync('dpkg-deb', ['--root-owner-group', '--build', root, deb], { stdio: 'ignore' });
+    const out = join(dir, 'gen-local');
+    const r = await cli(['derive', '--from', join(repo(), 'generations', '2'), '--deb', deb, '--out', out]);
+    expect(r.code, r.stderr.slice(-3000) + r.stdout.slice(-3000)).toBe(0);
+    const g = await genJson(out);
+    expect(g.changes.map((c) => [c.action, c.package])).toEqual([['install', 'sl'], ['install', 'ours']]); // dpkg's order: the dependency first
+    const ours = g.changes.find((c) => c.package === 'ours')!;
+    expect(ours).toMatchObject({ version: '2.0-1', deb: expect.stringMatching(/^debs\/ours_2\.0-1_all\.deb$/) });
+    expect(execFileSync('dpkg-deb', ['-f', join(out, ours.deb!), 'Package', 'Version']).toString()).toBe('Package: ours\nVersion: 2.0-1\n');
+    expect(g.rebootRequired).toEqual({ required: false, reasons: [] });
+    const l = listing(join(out, 'filesystem.squashfs'));
+    expect(l.some((x) => / \/usr\/share\/ours\/README$/.test(x))).toBe(true);
+    expect(l.some((x) => /liveup-derive-debs/.test(x))).toBe(false); // the copy for apt is not in the image
+    await rm(out, { recursive: true, force: true });
+  }, LONG);
+
+  it('refuses a --deb that is not a Debian package before unpacking anything', async () => {
+    await writeFile(join(dir, 'broken.deb'), 'not an ar archive');
+    const out = join(dir, 'gen-broken');
+    const r = await cli(['derive', '--from', gen1, '--deb', join(dir, 'broken.deb'), '--out', out]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/broken\.deb: not a readable Debian package/);
+    const missing = await cli(['derive', '--from', gen1, '--deb', join(dir, 'nope.deb'), '--out', out]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/nope\.deb: no such file/);
+    expect(existsSync(out)).toBe(false);
+    expect(readdirSafe(dir).filter((n) => n.startsWith('gen-broken'))).toEqual([]);
+  });
+
   it('a physical machine gets firmware and CPU microcode from non-free-firmware', async () => {
     await writeFile(join(dir, 'profile', 'physical.json'), JSON.stringify({
       format: 1, name: 'factory-physical', version: '1.0', machine: 'physical', agent: false, compression: { algorithm: 'zstd', level: 1 },

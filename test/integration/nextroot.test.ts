@@ -5,7 +5,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmp } from '../helpers/tmp.js';
-import { prepareNextRoot, teardownNextRoot } from '../../agent/src/adapters/nextroot.js';
+import { handOverToNextRoot, prepareNextRoot, teardownNextRoot } from '../../agent/src/adapters/nextroot.js';
+import { bootId } from '../../agent/src/adapters/host.js';
 
 const mounted = (p: string) => readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === p);
 
@@ -39,5 +40,40 @@ describe.skipIf(process.getuid?.() !== 0)('prepareNextRoot', () => {
     await expect(prepareNextRoot(o)).rejects.toThrow(/mount/);
     for (const p of [join(dir, 'scratch', 'lower'), join(dir, 'scratch', 'rw'), o.nextroot]) expect(mounted(p)).toBe(false);
     expect(existsSync(join(dir, 'scratch', 'lower'))).toBe(true); // directories may stay; mounts may not
+  });
+
+  it('the hand-over names the target in /run, gives the new userspace its own boot id and the machine id; undo restores', async () => {
+    const dir = await tmp();
+    const run = join(dir, 'run');
+    await mkdir(run);
+    await writeFile(join(run, 'booted'), '3\n');
+    await writeFile(join(dir, 'boot_id'), 'kernel-boot\n');
+    await writeFile(join(dir, 'machine-id'), '0123456789abcdef0123456789abcdef\n');
+    const nextroot = join(dir, 'nextroot');
+    expect(await bootId(join(dir, 'boot_id'), join(run, 'soft-reboot-id'))).toBe('kernel-boot');
+
+    const undo = await handOverToNextRoot({ runDir: run, version: 5, nextroot, machineId: join(dir, 'machine-id') });
+    expect(readFileSync(join(run, 'booted'), 'utf8')).toBe('5\n');
+    expect(readFileSync(join(nextroot, 'etc', 'machine-id'), 'utf8')).toBe('0123456789abcdef0123456789abcdef\n');
+    const soft = await bootId(join(dir, 'boot_id'), join(run, 'soft-reboot-id'));
+    expect(soft).toMatch(/^kernel-boot\+[0-9a-f-]{36}$/);
+    // A second soft-reboot is another userspace boot again.
+    await handOverToNextRoot({ runDir: run, version: 6, nextroot, machineId: join(dir, 'machine-id') });
+    expect(await bootId(join(dir, 'boot_id'), join(run, 'soft-reboot-id'))).not.toBe(soft);
+
+    await undo(); // back to what the first hand-over found
+    expect(readFileSync(join(run, 'booted'), 'utf8')).toBe('3\n');
+    expect(existsSync(join(run, 'soft-reboot-id'))).toBe(false);
+    expect(await bootId(join(dir, 'boot_id'), join(run, 'soft-reboot-id'))).toBe('kernel-boot');
+  });
+
+  it('a hand-over that cannot complete changes nothing in /run', async () => {
+    const dir = await tmp();
+    const run = join(dir, 'run');
+    await mkdir(run);
+    await writeFile(join(run, 'booted'), '3\n');
+    await expect(handOverToNextRoot({ runDir: run, version: 5, nextroot: join(dir, 'nextroot'), machineId: join(dir, 'no-machine-id') })).rejects.toThrow(/no-machine-id/);
+    expect(readFileSync(join(run, 'booted'), 'utf8')).toBe('3\n');
+    expect(existsSync(join(run, 'soft-reboot-id'))).toBe(false);
   });
 });

@@ -9,7 +9,8 @@
  */
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
+import { serviceDeb } from './debs.js';
 import { spawn } from 'node:child_process';
 
 /**
@@ -31,7 +32,9 @@ export function runAsync(cmd: string, args: readonly string[], opts: { timeoutMs
   });
 }
 
-export const REPO = resolve(import.meta.dirname, '../..');
+/** The checkout: two levels up from test/vm, or three from dist/test/vm (bench/boot runs compiled). */
+const up = resolve(import.meta.dirname, '../..');
+export const REPO = existsSync(join(up, 'package.json')) ? up : resolve(up, '..');
 export const VM_CACHE = process.env.LIVEUP_VM_CACHE ?? '/var/cache/liveup/vm';
 export const MARKER = 'LIVEUP-VM-MARKER';
 
@@ -58,6 +61,8 @@ export interface AgentSetup {
   readonly deb: string;
   readonly keyringAsc: string;
   readonly channelUrl: string;
+  /** More local .debs for the image (the profile's `debs`), e.g. the test service. */
+  readonly extraDebs?: readonly string[];
 }
 
 function agentLines(a: AgentSetup): string[] {
@@ -135,7 +140,8 @@ export function testProfile(agent?: AgentSetup): Record<string, unknown> {
     sources: [{ uri: 'http://deb.debian.org/debian', components: ['main'], keyring: '/usr/share/keyrings/debian-archive-keyring.gpg' }],
     machine: 'virtual',
     packages: [],
-    debs: [],
+    // Copied beside the profile by buildTestGeneration: a relative path keeps the hash stable.
+    debs: (agent?.extraDebs ?? []).map((d) => basename(d)),
     // With `agent`, the factory installs the agent's .deb (passed as --agent-deb): apt brings its
     // Depends (nodejs, kexec-tools, dbus, …). Without, the boot tests' image stays small.
     agent: agent !== undefined,
@@ -161,6 +167,7 @@ export async function buildTestGeneration(log: (s: string) => void = () => {}, a
   const hook = hookScript(agent);
   const h = createHash('sha256').update(JSON.stringify(profile)).update('\0').update(hook);
   if (agent) h.update('\0').update(readFileSync(agent.deb));
+  for (const d of agent?.extraDebs ?? []) h.update('\0').update(readFileSync(d));
   const hash = h.digest('hex').slice(0, 16);
   const dir = join(VM_CACHE, hash);
   const gendir = join(dir, 'gen');
@@ -171,9 +178,34 @@ export async function buildTestGeneration(log: (s: string) => void = () => {}, a
   writeFileSync(join(dir, 'profile', 'hooks', '50-liveup-vm.sh'), hook);
   chmodSync(join(dir, 'profile', 'hooks', '50-liveup-vm.sh'), 0o755);
   if (agent) copyFileSync(agent.deb, join(dir, 'profile', 'liveup-agent.deb'));
+  for (const d of agent?.extraDebs ?? []) copyFileSync(d, join(dir, 'profile', basename(d)));
   const agentArgs = agent ? ['--agent-deb', join(dir, 'profile', 'liveup-agent.deb')] : [];
   log(`building test generation ${hash} in ${gendir}`);
   await runAsync(join(REPO, 'bin', 'liveup'), ['build', '--profile', join(dir, 'profile', 'profile.json'), '--out', gendir, ...agentArgs], { timeoutMs: 20 * 60_000 });
   writeFileSync(join(dir, 'done'), new Date().toISOString() + '\n');
   return { gendir, hash, cached: false };
+}
+
+/** The generation carrying the real agent, with what it was made with. */
+export interface AgentGeneration extends BuiltGeneration {
+  /** Holds vm.key.asc (the channel's signing key) and vm.pub.asc (baked into the image). */
+  readonly keys: string;
+}
+
+/**
+ * Build (or reuse) generation 1 with the agent as shipped: packaging/build's
+ * .deb (dist/ must be built), one signing key for every cached generation,
+ * the channel at `channelUrl` (as the guest sees it). Shared by the live VM
+ * suite and bench/boot, so both boot the same cached image.
+ */
+export async function buildAgentGeneration(log: (s: string) => void, channelUrl: string): Promise<AgentGeneration> {
+  const debDir = join(VM_CACHE, 'debs');
+  mkdirSync(debDir, { recursive: true });
+  const deb = (await runAsync(join(REPO, 'packaging', 'build'), ['--only', 'agent', '--no-tsc', '--out', debDir])).trim().split('\n').pop()!;
+  const keys = join(VM_CACHE, 'keys');
+  if (!existsSync(join(keys, 'vm.pub.asc'))) await runAsync(join(REPO, 'bin', 'liveup'), ['key', 'generate', '--out', keys, '--name', 'vm']);
+  // The test service, version 1.0 (generation 2 upgrades it: a live replay must restart it).
+  const svc = serviceDeb(debDir, '1.0');
+  const built = await buildTestGeneration(log, { deb, keyringAsc: join(keys, 'vm.pub.asc'), channelUrl, extraDebs: [svc] });
+  return { ...built, keys };
 }

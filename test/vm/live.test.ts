@@ -37,8 +37,9 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildTestGeneration, MARKER, REPO, runAsync, VM_CACHE } from './generation.js';
+import { buildAgentGeneration, MARKER, REPO, runAsync, VM_CACHE } from './generation.js';
 import { bootVm, waitForShell, type Vm } from './qemu.js';
+import { rebuiltDeb, serviceDeb, SVC } from './debs.js';
 import { openFleetStore } from '../../fleet/src/store.js';
 
 const RUN = process.env.LIVEUP_VM_TESTS === '1';
@@ -60,20 +61,16 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
   let gen3 = '';
   let gen3Kernel = '';
   let gen4 = '';
+  let gen5 = '';
+  let libc6New = '';
   let publish: (g: string) => Promise<string> = async () => '';
   const log = (s: string) => console.log(s);
 
   beforeAll(async () => {
-    // The agent as shipped: packaging/build's .deb (dist/ is built by the test command).
-    const debDir = join(VM_CACHE, 'debs');
-    mkdirSync(debDir, { recursive: true });
-    const deb = (await runAsync(join(REPO, 'packaging', 'build'), ['--only', 'agent', '--no-tsc', '--out', debDir])).trim().split('\n').pop()!;
-    // One signing key for the cached generations (their keyring is baked in).
-    const keys = join(VM_CACHE, 'keys');
-    if (!existsSync(join(keys, 'vm.pub.asc'))) await runAsync(liveup, ['key', 'generate', '--out', keys, '--name', 'vm']);
-    const built = await buildTestGeneration(log, { deb, keyringAsc: join(keys, 'vm.pub.asc'), channelUrl: `http://10.0.2.2:${PORT}/` });
+    const built = await buildAgentGeneration(log, `http://10.0.2.2:${PORT}/`);
+    const keys = built.keys;
     gen1 = built.gendir;
-    gen2 = join(VM_CACHE, built.hash, 'gen2-hello');
+    gen2 = join(VM_CACHE, built.hash, 'gen2-hello-svc');
     work = join(VM_CACHE, 'runs', `live-${Date.now()}`);
     mkdirSync(work, { recursive: true });
     const repo = join(work, 'repo');
@@ -85,7 +82,8 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     // Derived from the published generation 1 (so its parent is 1); cached with generation 1.
     if (!existsSync(join(gen2, 'generation.json'))) {
       log('deriving generation 2 (+hello)');
-      await runAsync(liveup, ['derive', '--from', repo, '--channel', 'stable', '--keyring', join(keys, 'vm.pub.asc'), '--install', 'hello', '--out', gen2], { timeoutMs: 15 * 60_000 });
+      await runAsync(liveup, ['derive', '--from', repo, '--channel', 'stable', '--keyring', join(keys, 'vm.pub.asc'), '--install', 'hello',
+        '--deb', serviceDeb(join(VM_CACHE, 'debs'), '1.1'), '--out', gen2], { timeoutMs: 15 * 60_000 });
     }
     await publish(gen2);
     // Generation 3 = 2 + a second kernel package (linux-image-cloud-amd64, which /vmlinuz then
@@ -109,6 +107,19 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
       await runAsync(liveup, ['derive', '--from', gen3, '--parent', '3', '--install', 'sl,cowsay', '--out', gen4], { timeoutMs: 15 * 60_000 });
     }
     expect(JSON.parse(readFileSync(join(gen4, 'generation.json'), 'utf8'))).toMatchObject({ parent: 3, rebootRequired: { required: false } });
+    // Generation 5 = 3 + libc6 rebuilt with a higher version (nothing newer exists in trixie): libc6
+    // only, the same kernel and initrd — the engine switches with soft-reboot. Derived from 3 (parent 3).
+    gen5 = join(VM_CACHE, built.hash, 'gen5-libc6');
+    if (!existsSync(join(gen5, 'generation.json'))) {
+      log('deriving generation 5 (libc6 rebuilt as a newer version)');
+      const libc = (JSON.parse(readFileSync(join(gen3, 'packages.json'), 'utf8')) as { packages: Record<string, string> }).packages.libc6!;
+      const deb = await rebuiltDeb(join(VM_CACHE, 'debs'), 'glibc', 'libc6', libc, '+liveup1');
+      await runAsync(liveup, ['derive', '--from', gen3, '--parent', '3', '--deb', deb, '--out', gen5], { timeoutMs: 15 * 60_000 });
+    }
+    const g5 = JSON.parse(readFileSync(join(gen5, 'generation.json'), 'utf8')) as { changes: { package: string; version: string }[]; rebootRequired: unknown };
+    expect(g5).toMatchObject({ parent: 3, rebootRequired: { required: true, reasons: ['package:libc6'] } });
+    expect(g5.changes.map((c) => c.package)).toEqual(['libc6']);
+    libc6New = g5.changes[0]!.version;
     // The machine's disk as an administrator makes one: `liveup disk` (checked against the key), booted with UEFI.
     image = join(work, 'disk.img');
     await runAsync(liveup, ['disk', '--gendir', join(repo, 'generations', '1'), '--keyring', join(keys, 'vm.pub.asc'), '--out', image, '--size', '3072M', '--data-size', '1024M', '--serial']);
@@ -162,10 +173,22 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     };
     expect((await onEndpoint())?.machine.report).toMatchObject({ bootedVersion: 1, channel: 'stable' });
 
+    // The running services: ours (its binary is upgraded by 2) and one 2 does not touch.
+    const mainPid = async (unit: string) => (await vm!.sh(`systemctl show -p MainPID --value ${unit}`)).out.trim();
+    const [svcPid, networkdPid] = [await mainPid(`${SVC}.service`), await mainPid('systemd-networkd.service')];
+    expect(Number(svcPid)).toBeGreaterThan(0);
+    expect(Number(networkdPid)).toBeGreaterThan(0);
     const upd = await vm.sh('agentctl update --apply-live --json', 900_000);
     expect(upd.rc, upd.out).toBe(0);
     const result = JSON.parse(upd.out.trim().split('\n').pop()!) as { outcome: string; version: number; message: string };
     expect(result).toMatchObject({ outcome: 'applied-live', version: 2 });
+    // What the upgrade replaced was restarted, and only that.
+    expect(result.message).toMatch(new RegExp(`restarted [^;]*${SVC}\\.service`));
+    expect(result.message).not.toMatch(/systemd-networkd/);
+    expect(await mainPid(`${SVC}.service`)).not.toBe(svcPid);
+    expect((await vm.sh(`systemctl is-active ${SVC}`)).out.trim()).toBe('active');
+    expect(await mainPid('systemd-networkd.service')).toBe(networkdPid);
+    expect((await vm.sh(`dpkg-query -W -f '\${Version}' ${SVC}`)).out.trim()).toBe('1.1');
     expect((await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim()).toBe(bootId); // no reboot
     expect((await vm.sh('hello')).out).toMatch(/Hello, world!/);
     const status = JSON.parse((await vm.sh('agentctl status --json')).out.trim()) as { bootedVersion: number; runningVersion: number; stagedVersion: number };
@@ -306,5 +329,33 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect(again).toMatchObject({ availableVersion: 4, updateAvailable: false }); // a failed generation is not taken again
     expect((await vm.sh('grub-editenv /run/liveup/boot/grub/grubenv list')).out).not.toMatch(/liveup_try_version=4/);
     expect((await onEndpoint())!.machine.report).toMatchObject({ bootedVersion: 3, failedVersion: 4 });
-  }, 90 * 60_000);
+
+    // soft-reboot: generation 5 changes libc6 only (same kernel and initrd). The engine picks a
+    // userspace-only switch: 5's squashfs under a fresh overlay at /run/nextroot, soft-reboot.target.
+    // The kernel keeps running (same boot_id, uptime goes on), no firmware, GRUB or initramfs.
+    await publish(gen5);
+    const uptime = async () => Number((await vm!.sh('cut -d" " -f1 /proc/uptime')).out.trim());
+    const bootIdBefore = (await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim();
+    const uptimeBefore = await uptime();
+    const beforeSoft = vm.console().length;
+    const softStart = Date.now();
+    const soft = vm.sh('agentctl update --now --json', 900_000).catch(() => null); // answered, or cut off by the switch
+    await vm.waitFor(new RegExp(`${MARKER} booted=3[\\s\\S]*${MARKER} booted=5\\s*$`, 'm'), 900_000);
+    void soft;
+    const softBoot = vm.console().slice(beforeSoft);
+    expect(softBoot).not.toMatch(/Linux version|GNU GRUB|liveup: loading generation/); // no kernel start, no boot loader
+    await waitForShell(vm, beforeSoft);
+    log(`soft-reboot: agentctl update --now to a shell on generation 5 in ${((Date.now() - softStart) / 1000).toFixed(0)} s (TCG)`);
+    expect((await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim()).toBe(bootIdBefore);
+    expect(await uptime()).toBeGreaterThan(uptimeBefore);
+    expect((await vm.sh('cat /run/liveup/booted')).out.trim()).toBe('5');
+    expect((await vm.sh('findmnt -no FSTYPE,OPTIONS /')).out).toMatch(/^overlay .*lowerdir=\/run\/liveup\/nextroot\/lower/);
+    expect((await vm.sh("dpkg-query -W -f '${Version}' libc6")).out.trim()).toBe(libc6New);
+    expect((await vm.sh('cat /etc/machine-id')).out.trim()).toBe(machineId); // the same machine
+    for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-boot-check')).out.trim() === 'activating'; i++) await new Promise((r) => setTimeout(r, 2000));
+    expect((await vm.sh('systemctl is-active liveup-boot-check')).out.trim()).toBe('active');
+    expect(await statusJson()).toMatchObject({ bootedVersion: 5, runningVersion: 5, lastGoodVersion: 5, needsReboot: null });
+    expect(await history()).toContainEqual(expect.objectContaining({ kind: 'reboot', status: 'succeeded', version: 5 }));
+    expect((await onEndpoint())!.machine.report).toMatchObject({ bootedVersion: 5, health: 'good' });
+  }, 120 * 60_000);
 });

@@ -12,8 +12,15 @@ import { openBus, type BusSpec } from '../dbus/bus.js';
 import { createSystemd } from './systemd.js';
 import { onPath } from '../util/path.js';
 
-export async function bootId(path = '/proc/sys/kernel/random/boot_id'): Promise<string> {
-  return (await readFile(path, 'utf8').catch(() => 'unknown')).trim();
+/**
+ * This userspace boot's id: the kernel's boot_id, plus the id liveup wrote at
+ * its last soft-reboot (nextroot.ts), which keeps the kernel and so its
+ * boot_id — a live replay tied to the old userspace must not carry over.
+ */
+export async function bootId(path = '/proc/sys/kernel/random/boot_id', softRebootIdFile = '/run/liveup/soft-reboot-id'): Promise<string> {
+  const kernel = (await readFile(path, 'utf8').catch(() => 'unknown')).trim();
+  const soft = (await readFile(softRebootIdFile, 'utf8').catch(() => '')).trim();
+  return soft ? `${kernel}+${soft}` : kernel;
 }
 
 /** null when `kexec -l` can work here, else why not. `sys` is /sys and /proc's parent for tests. */

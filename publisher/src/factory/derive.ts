@@ -9,7 +9,7 @@
  * --download-only) and are checked with dpkg-deb to be that package and version.
  */
 import { createHash } from 'node:crypto';
-import { copyFile, lstat, mkdir, readFile, readdir, rename, writeFile } from 'node:fs/promises';
+import { copyFile, lstat, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { LiveupError, isLiveupError } from '../../../agent/src/channel/errors.js';
 import { fetchVerifiedIndex, fetchVerifiedManifest } from '../../../agent/src/channel/client.js';
@@ -38,6 +38,11 @@ export interface DeriveOptions {
   readonly keyring?: PinnedKeyring;
   readonly install?: readonly string[];
   readonly remove?: readonly string[];
+  /**
+   * Local .deb files to install or upgrade to (the publisher's own packages, or a rebuilt one):
+   * apt installs them with their dependencies, and they are recorded like any other change.
+   */
+  readonly debs?: readonly string[];
   readonly upgrade?: boolean;
   readonly out: string;
   readonly name?: string;
@@ -139,7 +144,8 @@ export async function derive(opts: DeriveOptions): Promise<DeriveResult> {
     if (!parsePackageSpec(p)) throw new LiveupError('INVALID_ARGUMENT', `"${p}" is not a package name (or name=VERSION)`);
   }
   for (const p of remove) if (p.includes('=')) throw new LiveupError('INVALID_ARGUMENT', `--remove takes package names, got "${p}"`);
-  if (install.length + remove.length === 0 && !opts.upgrade) throw new LiveupError('INVALID_ARGUMENT', 'nothing to do: pass --install, --remove and/or --upgrade');
+  const localDebs = await Promise.all((opts.debs ?? []).map((d) => inspectLocalDeb(resolve(d))));
+  if (install.length + remove.length + localDebs.length === 0 && !opts.upgrade) throw new LiveupError('INVALID_ARGUMENT', 'nothing to do: pass --install, --deb, --remove and/or --upgrade');
   if (!opts.force && (await exists(out))) throw new LiveupError('ALREADY_EXISTS', `${out} already exists (pass --force to replace it)`, { file: out });
   const cache = resolve(opts.cacheDir ?? DEFAULT_CACHE);
   const rebootPackages = new Set(opts.rebootPackages ?? DEFAULT_REBOOT_PACKAGES);
@@ -148,6 +154,11 @@ export async function derive(opts: DeriveOptions): Promise<DeriveResult> {
     const ctx: StepContext = { log, signal };
     const timings: Record<string, number> = {};
     const src = await timed(ctx, timings, 'locate the source generation', () => locateSource(opts, log));
+    for (const d of localDebs) {
+      if (d.architecture !== 'all' && d.architecture !== src.architecture) {
+        throw new LiveupError('INVALID_ARGUMENT', `${d.file}: architecture ${d.architecture}, the generation is ${src.architecture}`, { file: d.file });
+      }
+    }
     await mkdir(join(out, '..'), { recursive: true });
     await removeStaleTemps(out, log, (d) => removeTree(d, log));
     const tmp = `${out}.tmp-${process.pid}`;
@@ -175,8 +186,16 @@ export async function derive(opts: DeriveOptions): Promise<DeriveResult> {
           await ch.apt(['full-upgrade', '--download-only']);
           await ch.apt(['full-upgrade']);
         }
-        if (install.length + remove.length) {
-          const args = ['install', '--no-install-recommends', ...install, ...remove.map((p) => `${p}-`)];
+        // Local .debs go into the chroot (not the shared archive cache: a rebuilt package must not
+        // pass for the archive's file of the same name); apt resolves their dependencies.
+        const local: string[] = [];
+        if (localDebs.length) await mkdir(ch.path(LOCAL_DEBS), { recursive: true });
+        for (const d of localDebs) {
+          await copyFile(d.file, ch.path(`${LOCAL_DEBS}/${d.canonical}`));
+          local.push(`/${LOCAL_DEBS}/${d.canonical}`);
+        }
+        if (install.length + remove.length + local.length) {
+          const args = ['install', '--no-install-recommends', ...install, ...local, ...remove.map((p) => `${p}-`)];
           await ch.apt([...args.slice(0, 1), '--download-only', ...args.slice(1)]);
           await ch.apt(args);
         }
@@ -184,7 +203,8 @@ export async function derive(opts: DeriveOptions): Promise<DeriveResult> {
       const after = await ch.installed();
       const order = dpkgOrder((await readFile(dpkgLog, 'utf8').catch(() => '')).slice(logOffset));
       const changes = await timed(ctx, timings, 'record changes and copy .debs', () =>
-        recordChanges(before, after, order, join(cache, 'archives'), tmp, src.architecture));
+        recordChanges(before, after, order, [join(cache, 'archives'), ch.path(LOCAL_DEBS)], tmp, src.architecture));
+      await rm(ch.path(LOCAL_DEBS), { recursive: true, force: true });
       const kver = await bootKernel(ch);
       const reasons: string[] = [];
       if (changes.some((c) => c.package.startsWith('linux-image-'))) reasons.push('kernel');
@@ -263,13 +283,15 @@ export function storedDebName(archiveName: string): string {
 
 async function recordChanges(
   before: ReadonlyMap<string, string>, after: ReadonlyMap<string, string>, order: readonly string[],
-  archives: string, gendir: string, arch: string,
+  archiveDirs: readonly string[], gendir: string, arch: string,
 ): Promise<GendirChange[]> {
   const changed = new Set<string>();
   for (const [p, v] of after) if (before.get(p) !== v) changed.add(p);
   for (const p of before.keys()) if (!after.has(p)) changed.add(p);
   const ordered = [...order.filter((p) => changed.has(p)), ...[...changed].filter((p) => !order.includes(p)).sort()];
-  const files = await readdir(archives);
+  // Later directories win: a local .deb over the archive's file of the same name.
+  const found = new Map<string, string>();
+  for (const dir of archiveDirs) for (const f of await readdir(dir).catch(() => [] as string[])) found.set(f, join(dir, f));
   const changes: GendirChange[] = [];
   if (ordered.some((p) => after.has(p))) await mkdir(join(gendir, 'debs'), { recursive: true });
   for (const p of ordered) {
@@ -277,20 +299,42 @@ async function recordChanges(
     const version = after.get(p);
     if (version === undefined) { changes.push({ action: 'remove', package: p, from }); continue; }
     const enc = version.replace(/:/g, '%3a');
-    const file = [`${p}_${enc}_${arch}.deb`, `${p}_${enc}_all.deb`].find((f) => files.includes(f));
-    if (!file) throw new LiveupError('BUILD_FAILED', `the .deb of ${p} ${version} is not in the archive cache ${archives}`, { package: p, version });
-    const f = await run('dpkg-deb', ['-f', join(archives, file), 'Package', 'Version']);
+    const file = [`${p}_${enc}_${arch}.deb`, `${p}_${enc}_all.deb`].find((f) => found.has(f));
+    if (!file) throw new LiveupError('BUILD_FAILED', `the .deb of ${p} ${version} is not in the archive cache ${archiveDirs[0]}`, { package: p, version });
+    const f = await run('dpkg-deb', ['-f', found.get(file)!, 'Package', 'Version']);
     const fields = Object.fromEntries(f.stdout.split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1).trim()]));
     if (fields.Package !== p || fields.Version !== version) {
       throw new LiveupError('BUILD_FAILED', `${file} holds ${fields.Package} ${fields.Version}, expected ${p} ${version}`, { package: p });
     }
     const stored = storedDebName(file);
-    await copyFile(join(archives, file), join(gendir, 'debs', stored));
+    await copyFile(found.get(file)!, join(gendir, 'debs', stored));
     changes.push(from === undefined
       ? { action: 'install', package: p, version, deb: `debs/${stored}` }
       : { action: 'upgrade', package: p, from, version, deb: `debs/${stored}` });
   }
   return changes;
+}
+
+/** Where local .debs wait inside the chroot (relative to its root); removed before squashing. */
+const LOCAL_DEBS = 'var/tmp/liveup-derive-debs';
+
+interface LocalDeb {
+  readonly file: string;
+  readonly architecture: string;
+  /** apt's file name for it (name_version_arch.deb, epoch's colon as %3a): how the record finds it. */
+  readonly canonical: string;
+}
+
+/** A --deb argument, checked to be a readable Debian package before anything is unpacked. */
+async function inspectLocalDeb(file: string): Promise<LocalDeb> {
+  if (!file.endsWith('.deb')) throw new LiveupError('INVALID_ARGUMENT', `--deb ${file}: not a .deb file`, { file });
+  if (!(await exists(file))) throw new LiveupError('INVALID_ARGUMENT', `--deb ${file}: no such file`, { file });
+  const r = await run('dpkg-deb', ['-f', file, 'Package', 'Version', 'Architecture']).catch(() => null);
+  const fields = Object.fromEntries((r?.stdout ?? '').split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1).trim()]));
+  if (!r || !fields.Package || !fields.Version || !fields.Architecture) {
+    throw new LiveupError('INVALID_ARGUMENT', `--deb ${file}: not a readable Debian package (dpkg-deb cannot read its control fields)`, { file });
+  }
+  return { file, architecture: fields.Architecture, canonical: `${fields.Package}_${fields.Version.replace(/:/g, '%3a')}_${fields.Architecture}.deb` };
 }
 
 async function exists(p: string): Promise<boolean> {
