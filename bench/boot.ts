@@ -20,7 +20,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildAgentGeneration, REPO, runAsync, VM_CACHE } from '../test/vm/generation.js';
-import { bootVm } from '../test/vm/qemu.js';
+import { BOOT_CHECK_PASSED, bootVm } from '../test/vm/qemu.js';
 
 interface Variant {
   readonly name: string;
@@ -37,8 +37,6 @@ const VARIANTS: readonly Variant[] = [
   { name: 'grub-sha512+toram', cmdline: `${BASE} toram`, grubVerify: 'sha512' },
 ];
 
-/** systemd's status line once the boot check's oneshot ended well. */
-const CHECK_PASSED = /Finished liveup-boot-check\.service/;
 
 async function bootOnce(work: string, v: Variant, run: number, gendir: string, keys: string): Promise<number> {
   const liveup = join(REPO, 'bin', 'liveup');
@@ -53,7 +51,7 @@ async function bootOnce(work: string, v: Variant, run: number, gendir: string, k
     const t0 = Date.now();
     const vm = bootVm({ image, consoleLog: join(work, `console-${v.name}-${run}.log`) });
     try {
-      await vm.waitFor(CHECK_PASSED, 600_000);
+      await vm.waitFor(BOOT_CHECK_PASSED, 600_000);
       return (Date.now() - t0) / 1000;
     } finally {
       await vm.stop();

@@ -6,8 +6,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, writeFileSync } from 'node:fs';
 
 export interface Vm {
-  /** Resolves with the first match of `re` on the console (since boot), or rejects after `timeoutMs`. */
-  waitFor(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray>;
+  /**
+   * Resolves with the first match of `re` on the console (from offset `since`, default the
+   * start), or rejects after `timeoutMs`.
+   */
+  waitFor(re: RegExp, timeoutMs: number, since?: number): Promise<RegExpMatchArray>;
   console(): string;
   /**
    * Run a shell command on the serial console (a root shell must be there,
@@ -36,6 +39,9 @@ export async function waitForShell(v: Vm, since: number): Promise<void> {
   }
   throw new Error('no shell on the serial console');
 }
+
+/** systemd's console status line once the boot check ended well (\S*: the colour codes around the name). */
+export const BOOT_CHECK_PASSED = /Finished \S*liveup-boot-check\.service/;
 
 export function bootVm(opts: {
   image?: string; cdrom?: string; uefi?: boolean; consoleLog: string; memMiB?: number; allowReboot?: boolean;
@@ -97,9 +103,9 @@ export function bootVm(opts: {
     });
   return {
     console: () => text,
-    waitFor(re, timeoutMs) {
+    waitFor(re, timeoutMs, since = 0) {
       return watch(() => {
-        const m = text.match(re);
+        const m = text.slice(since).match(re);
         if (m) return m;
         // Both GRUB entries failed: GRUB waits for a key forever (vm-boot-facts.md).
         if (/Press any key to continue/.test(text)) throw new Error(`GRUB failed to boot; see ${opts.consoleLog}`);

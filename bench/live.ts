@@ -1,0 +1,133 @@
+/**
+ * bench/live: what a switch costs on one machine in QEMU TCG, each measured
+ * in the same run against a full reboot (SeaBIOS + GRUB + kernel + initramfs)
+ * of the same kind of generation:
+ *
+ *   live apply   `agentctl update --apply-live` of a 5-package change (fetch,
+ *                verify, simulate, dpkg, restarts) until the command returns
+ *   full reboot  `systemctl reboot` into the generation just applied live,
+ *                until its boot check passed
+ *   soft-reboot  a libc6-only generation: `agentctl update --now` until the
+ *                new userspace's boot check passed
+ *   kexec        a kernel change: `agentctl update --now` until the new
+ *                kernel's boot check passed
+ *
+ * The generations are the VM suite's (cached under /var/cache/liveup/vm):
+ * 1 with the agent, 2 = 1 + hello sl figlet tree less, 3 = 2 + libc6 rebuilt
+ * as a newer version, 4 = 3 + linux-image-cloud-amd64. The channel is served
+ * by `liveup serve` in a network namespace, as in the suite.
+ *
+ *   node dist/bench/live.js [--json]
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { buildAgentGeneration, REPO, runAsync, VM_CACHE } from '../test/vm/generation.js';
+import { BOOT_CHECK_PASSED, bootVm, waitForShell, type Vm } from '../test/vm/qemu.js';
+import { rebuiltDeb } from '../test/vm/debs.js';
+
+const PORT = 8080;
+const liveup = join(REPO, 'bin', 'liveup');
+const log = (s: string) => process.stderr.write(`${s}\n`);
+
+/** Derive (or reuse) a generation cached beside generation 1. */
+async function derived(dir: string, args: string[]): Promise<string> {
+  if (!existsSync(join(dir, 'generation.json'))) await runAsync(liveup, ['derive', ...args, '--out', dir], { timeoutMs: 15 * 60_000 });
+  return dir;
+}
+
+/** Resolve when the boot check passed after console offset `since`; seconds since `t0`. */
+async function checkPassed(vm: Vm, since: number, t0: number): Promise<number> {
+  await vm.waitFor(BOOT_CHECK_PASSED, 900_000, since);
+  return (Date.now() - t0) / 1000;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { json: { type: 'boolean', default: false } } });
+  const gen = await buildAgentGeneration(log, `http://10.0.2.2:${PORT}/`);
+  const keys = gen.keys;
+  const work = join(VM_CACHE, 'runs', `bench-live-${Date.now()}`);
+  mkdirSync(work, { recursive: true });
+  const repo = join(work, 'repo');
+  const cmdline = 'boot=live components console=ttyS0,115200 panic=5';
+  const publish = (g: string) => runAsync(liveup, ['publish', '--repo', repo, '--channel', 'stable', '--key', join(keys, 'vm.key.asc'), '--cmdline', cmdline, g]);
+  await publish(gen.gendir);
+  const base = join(VM_CACHE, gen.hash);
+  const five = await derived(join(base, 'bench-five'), ['--from', repo, '--channel', 'stable', '--install', 'hello,sl,figlet,tree,less']);
+  const fiveMeta = JSON.parse(readFileSync(join(five, 'generation.json'), 'utf8')) as { changes: unknown[] };
+  const libc = (JSON.parse(readFileSync(join(five, 'packages.json'), 'utf8')) as { packages: Record<string, string> }).packages.libc6!;
+  const libcDeb = await rebuiltDeb(join(VM_CACHE, 'debs'), 'glibc', 'libc6', libc, '+liveup1');
+  const soft = await derived(join(base, 'bench-libc6'), ['--from', five, '--parent', '2', '--deb', libcDeb]);
+  const kernel = await derived(join(base, 'bench-kernel'), ['--from', soft, '--parent', '3', '--install', 'linux-image-cloud-amd64']);
+  const image = join(work, 'disk.img');
+  await runAsync(liveup, ['disk', '--gendir', join(repo, 'generations', '1'), '--keyring', join(keys, 'vm.pub.asc'), '--out', image, '--size', '3072M', '--data-size', '1024M', '--serial', '--bios-only']);
+
+  const ns = `liveup-bench-${process.pid}`;
+  let server: ChildProcess | null = null;
+  let vm: Vm | null = null;
+  try {
+    execFileSync('ip', ['netns', 'add', ns]);
+    execFileSync('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
+    server = spawn('ip', ['netns', 'exec', ns, process.execPath, liveup, 'serve', repo, '--listen', `127.0.0.1:${PORT}`, '--quiet'], { stdio: 'inherit' });
+    vm = bootVm({ image, net: true, netns: ns, allowReboot: true, consoleLog: join(work, 'console.log') });
+    await vm.waitFor(BOOT_CHECK_PASSED, 900_000);
+    await waitForShell(vm, 0);
+    for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-agent')).out.trim() !== 'active'; i++) await new Promise((r) => setTimeout(r, 2000));
+
+    log(`live apply of ${fiveMeta.changes.length} package change(s)…`);
+    await publish(five);
+    let t0 = Date.now();
+    const applied = await vm.sh('agentctl update --apply-live --json', 900_000);
+    const liveS = (Date.now() - t0) / 1000;
+    if (applied.rc !== 0 || !/"applied-live"/.test(applied.out)) throw new Error(`live apply failed: ${applied.out}`);
+
+    log('full reboot into the same generation…');
+    let mark = vm.console().length;
+    t0 = Date.now();
+    await vm.sh('systemctl reboot', 10_000).catch(() => undefined);
+    const rebootS = await checkPassed(vm, mark, t0);
+    await waitForShell(vm, mark);
+
+    log('soft-reboot into the libc6 generation…');
+    await publish(soft);
+    mark = vm.console().length;
+    t0 = Date.now();
+    void vm.sh('agentctl update --now', 900_000).catch(() => undefined);
+    const softS = await checkPassed(vm, mark, t0);
+    await waitForShell(vm, mark);
+    if ((await vm.sh('cat /run/liveup/booted')).out.trim() !== '3') throw new Error('the soft-reboot did not land on generation 3');
+
+    log('kexec into the kernel generation…');
+    await publish(kernel);
+    mark = vm.console().length;
+    t0 = Date.now();
+    void vm.sh('agentctl update --now', 900_000).catch(() => undefined);
+    const kexecS = await checkPassed(vm, mark, t0);
+    await waitForShell(vm, mark);
+    if (!/liveup\.generation=4\b/.test((await vm.sh('cat /proc/cmdline')).out)) throw new Error('kexec did not land on generation 4');
+    if (/SeaBIOS|GNU GRUB/.test(vm.console().slice(mark))) throw new Error('the kexec went through firmware');
+
+    const rows = [
+      { what: 'full reboot', seconds: rebootS },
+      { what: 'live apply', seconds: liveS },
+      { what: 'soft-reboot', seconds: softS },
+      { what: 'kexec', seconds: kexecS },
+    ].map((r) => ({ ...r, ratio: r.seconds / rebootS }));
+    if (values.json) process.stdout.write(JSON.stringify(rows) + '\n');
+    else {
+      process.stdout.write('switch to a ready machine (boot check passed; live apply: command returned), QEMU TCG, one run:\n');
+      for (const r of rows) process.stdout.write(`  ${r.what.padEnd(12)} ${r.seconds.toFixed(1).padStart(6)} s  ${r.ratio.toFixed(2)}x full reboot\n`);
+      process.stdout.write(`console log: ${join(work, 'console.log')}\n`);
+    }
+  } finally {
+    await vm?.stop();
+    server?.kill('SIGTERM');
+    try { execFileSync('ip', ['netns', 'del', ns]); } catch { /* not created */ }
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench/live: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+});
