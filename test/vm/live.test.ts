@@ -40,6 +40,7 @@ import { join } from 'node:path';
 import { buildAgentGeneration, MARKER, REPO, runAsync, VM_CACHE } from './generation.js';
 import { bootVm, waitForShell, type Vm } from './qemu.js';
 import { rebuiltDeb, serviceDeb, SVC } from './debs.js';
+import { PACKAGE_LIST_FORMAT, isInstalled, parsePackageList } from '../../agent/src/adapters/dpkg.js';
 import { openFleetStore } from '../../fleet/src/store.js';
 
 const RUN = process.env.LIVEUP_VM_TESTS === '1';
@@ -189,6 +190,11 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect((await vm.sh(`systemctl is-active ${SVC}`)).out.trim()).toBe('active');
     expect(await mainPid('systemd-networkd.service')).toBe(networkdPid);
     expect((await vm.sh(`dpkg-query -W -f '\${Version}' ${SVC}`)).out.trim()).toBe('1.1');
+    // Converged: what dpkg has installed is exactly generation 2's package list.
+    const gen2Packages = (JSON.parse(readFileSync(join(gen2, 'packages.json'), 'utf8')) as { packages: Record<string, string> }).packages;
+    const installed = async () => Object.fromEntries(parsePackageList((await vm!.sh(`dpkg-query -W -f '${PACKAGE_LIST_FORMAT.replace(/\t/g, '\\t').replace(/\n/g, '\\n')}'`)).out)
+      .filter(isInstalled).map((p) => [p.name, p.version]));
+    expect(await installed()).toEqual(gen2Packages);
     expect((await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim()).toBe(bootId); // no reboot
     expect((await vm.sh('hello')).out).toMatch(/Hello, world!/);
     const status = JSON.parse((await vm.sh('agentctl status --json')).out.trim()) as { bootedVersion: number; runningVersion: number; stagedVersion: number };
@@ -210,6 +216,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect((await vm.sh('cat /proc/cmdline')).out).toMatch(/liveup\.generation=2/);
     expect((await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim()).not.toBe(bootId);
     expect((await vm.sh('hello')).out).toMatch(/Hello, world!/);
+    expect(await installed()).toEqual(gen2Packages); // the same package set, from the clean image
     for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-boot-check')).out.trim() === 'activating'; i++) await new Promise((r) => setTimeout(r, 2000));
     expect((await vm.sh('systemctl is-active liveup-boot-check')).out.trim()).toBe('active');
     expect((await vm.sh('grub-editenv /run/liveup/boot/grub/grubenv list')).out).not.toMatch(/liveup_try_version=2/);
@@ -281,7 +288,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect(waitResult).toMatchObject({ outcome: 'staged', version: 4 });
     expect(waitResult.message).toMatch(/reboot to 4 waits: outside the maintenance window/);
     const held = await statusJson();
-    expect(held).toMatchObject({ bootedVersion: 3, runningVersion: 3, stagedVersion: 4, decision: 'wait' });
+    expect(held).toMatchObject({ bootedVersion: 3, runningVersion: 3, stagedVersion: 4, decision: 'wait (then reboot)' });
     const until = new Date(String(held.decisionUntil));
     expect(until.toISOString().slice(11, 16)).toBe(opens);
     expect(until.getTime() - Date.parse((await vm.sh('date -u -Iseconds')).out.trim())).toBeGreaterThan(100 * 60_000);
