@@ -81,6 +81,17 @@ export function describeDrift(d: ReturnType<typeof packageDrift>): string | null
   return parts.length ? parts.join('; ') : null;
 }
 
+export interface InstallHow {
+  /**
+   * Let dpkg deconfigure installed packages that the new versions would break
+   * (`--auto-deconfigure`): a live rollback downgrades a package that a
+   * package it removes right afterwards still depends on.
+   */
+  readonly autoDeconfigure?: boolean;
+}
+
+const installFlags = (how: InstallHow): string[] => (how.autoDeconfigure ? ['--auto-deconfigure'] : []);
+
 export function createDpkg(o: DpkgOptions) {
   const runner = o.runner ?? defaultRun;
   const root = ['--root', o.root];
@@ -110,9 +121,10 @@ export function createDpkg(o: DpkgOptions) {
       return (await dpkg(['--audit'], 60_000)).stdout.trim();
     },
     /** Would installing these .debs (in one dpkg run) succeed? Throws LIVE_APPLY_FAILED with dpkg's words otherwise. */
-    simulateInstall: (debs: readonly string[]) => wrap('simulated install', () => dpkg(['--simulate', ...CONF, '-i', ...debs], 120_000)).then(() => undefined),
+    simulateInstall: (debs: readonly string[], how: InstallHow = {}) =>
+      wrap('simulated install', () => dpkg(['--simulate', ...CONF, ...installFlags(how), '-i', ...debs], 120_000)).then(() => undefined),
     simulateRemove: (pkgs: readonly string[]) => wrap('simulated removal', () => dpkg(['--simulate', '--remove', ...pkgs], 120_000)).then(() => undefined),
-    install: (debs: readonly string[]) => wrap('install', () => dpkg([...CONF, '-i', ...debs])).then(() => undefined),
+    install: (debs: readonly string[], how: InstallHow = {}) => wrap('install', () => dpkg([...CONF, ...installFlags(how), '-i', ...debs])).then(() => undefined),
     remove: (pkgs: readonly string[]) => wrap('removal', () => dpkg(['--remove', ...pkgs])).then(() => undefined),
     /** The recovery after an interrupted run: finish configuring whatever was unpacked. */
     configurePending: () => wrap('dpkg --configure -a', () => dpkg([...CONF, '--configure', '-a'])).then(() => undefined),
