@@ -15,7 +15,11 @@ import { PACKAGE_LIST_FORMAT, isInstalled, parsePackageList } from '../../agent/
 
 export type Cleanups = (() => Promise<void> | void)[];
 
-export interface Pkg { name: string; version: string; depends?: string; conflicts?: string; postinst?: string; file: [string, string] }
+export interface Pkg {
+  name: string; version: string; depends?: string; conflicts?: string; postinst?: string; file: [string, string];
+  /** A configuration file (path under /etc, content), listed in DEBIAN/conffiles. */
+  conffile?: [string, string];
+}
 
 /** A real .deb, built with dpkg-deb. */
 export async function buildDeb(dir: string, p: Pkg): Promise<string> {
@@ -29,6 +33,11 @@ export async function buildDeb(dir: string, p: Pkg): Promise<string> {
   if (p.postinst) {
     await writeFile(join(root, 'DEBIAN', 'postinst'), `#!/bin/sh\nset -e\n${p.postinst}\n`);
     await chmod(join(root, 'DEBIAN', 'postinst'), 0o755);
+  }
+  if (p.conffile) {
+    await mkdir(join(root, p.conffile[0], '..'), { recursive: true });
+    await writeFile(join(root, p.conffile[0]), p.conffile[1]);
+    await writeFile(join(root, 'DEBIAN', 'conffiles'), `/${p.conffile[0]}\n`);
   }
   const [path, content] = p.file;
   await mkdir(join(root, path, '..'), { recursive: true });

@@ -1,0 +1,147 @@
+/**
+ * `agentctl rollback --live` as an administrator meets it: the compiled
+ * daemon on a real overlay (tmpfs upper) over generation 1's squashfs, a
+ * live replay 1 → 2 with real dpkg, then the undo — the booted versions
+ * repacked from the squashfs (the overlay's lower layer) and reinstalled,
+ * the new package removed — and the refusals, which change nothing.
+ *
+ * Generation 1: minbase + demo-a 1.0 (a postinst recording its version) +
+ * demo-b 1.0 (a conffile). Generation 2: demo-a 2.0 (upgrade), demo-c (new,
+ * depends on demo-a >= 2.0, so the downgrade must deconfigure it), demo-b
+ * removed. Needs root (mounts, dpkg --root).
+ */
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { tmp } from '../helpers/tmp.js';
+import { baseTarball } from '../helpers/trixie.js';
+import { buildDeb, dpkgRoot, gendir, machine, packageList, type Pkg } from '../helpers/livemachine.js';
+
+const skip = process.getuid?.() !== 0;
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  while (cleanups.length) await Promise.resolve(cleanups.pop()!()).catch(() => undefined);
+});
+
+const grubenv = (boot: string): Record<string, string> => Object.fromEntries(
+  execFileSync('grub-editenv', [join(boot, 'grub', 'grubenv'), 'list']).toString().split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+);
+const query = (root: string, pkg: string, format: string) => execFileSync('dpkg-query', ['--admindir', join(root, 'var/lib/dpkg'), '-W', '-f', format, pkg]).toString();
+
+interface Status { bootedVersion: number; runningVersion: number; stagedVersion: number | null; needsReboot: { version: number; reason: string } | null }
+interface History { kind: string; status: string; version: number | null; message: string | null }
+
+describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages repacked from the booted image)', () => {
+  let debs: Record<string, string>;
+  let base: string;
+
+  beforeAll(async () => {
+    base = await baseTarball();
+    const dir = join(tmpdir(), `liveup-rollback-debs-${process.pid}`);
+    await mkdir(dir, { recursive: true });
+    const pkgs: Pkg[] = [
+      { name: 'demo-a', version: '1.0', postinst: 'echo 1.0 > /var/lib/demo-a.version', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 1.0\n'] },
+      { name: 'demo-a', version: '2.0', postinst: 'echo 2.0 > /var/lib/demo-a.version', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 2.0\n'] },
+      { name: 'demo-b', version: '1.0', conffile: ['etc/demo-b.conf', 'setting=1\n'], file: ['usr/share/demo-b/data', 'b\n'] },
+      { name: 'demo-c', version: '1.0', depends: 'demo-a (>= 2.0)', file: ['usr/bin/demo-c', '#!/bin/sh\necho c\n'] },
+    ];
+    debs = {};
+    for (const p of pkgs) debs[`${p.name}_${p.version}`] = await buildDeb(dir, p);
+  }, 300_000);
+
+  /** Generations 1 and 2, published; the machine boots 1. */
+  async function world(dir: string) {
+    const tree = join(dir, 'tree');
+    await mkdir(tree);
+    execFileSync('tar', ['--zstd', '-xpf', base, '-C', tree]);
+    dpkgRoot(tree, ['-i', debs['demo-a_1.0']!, debs['demo-b_1.0']!]);
+    const g1 = await gendir(dir, tree, 1, null, []);
+    dpkgRoot(tree, ['-i', debs['demo-a_2.0']!, debs['demo-c_1.0']!]);
+    dpkgRoot(tree, ['--remove', 'demo-b']);
+    const g2 = await gendir(dir, tree, 2, 1, [
+      { action: 'upgrade', package: 'demo-a', from: '1.0', version: '2.0', deb: debs['demo-a_2.0']! },
+      { action: 'install', package: 'demo-c', version: '1.0', deb: debs['demo-c_1.0']! },
+      { action: 'remove', package: 'demo-b', from: '1.0' },
+    ]);
+    const list = (g: string) => (JSON.parse(readFileSync(join(g, 'packages.json'), 'utf8')) as { packages: Record<string, string> }).packages;
+    return { m: await machine(dir, [g1, g2], cleanups), list1: list(g1), list2: list(g2) };
+  }
+
+  it('after a replay 1 → 2, goes back to exactly 1 without a reboot; 1 boots next, 2 is held back', async () => {
+    const dir = await tmp();
+    const { m, list1, list2 } = await world(dir);
+    const applied = await m.json<{ outcome: string; version: number }>(['update', '--apply-live']);
+    expect(applied).toMatchObject({ outcome: 'applied-live', version: 2 });
+    expect(packageList(m.root)).toEqual(list2);
+
+    // Only the booted generation can be reached live; another target is refused, nothing changed.
+    const other = await m.ctl(['rollback', '2', '--live']);
+    expect(other.code).not.toBe(0);
+    expect(other.stderr).toMatch(/LIVE_APPLY_REFUSED: .*nothing was changed: a live rollback goes back only to the booted generation 1, not 2; use `agentctl rollback 2`/);
+    expect(packageList(m.root)).toEqual(list2);
+
+    const r = await m.json<{ outcome: string; version: number; message: string }>(['rollback', '--live']);
+    expect(r).toMatchObject({ outcome: 'rolled-back-live', version: 1 });
+    expect(r.message).toMatch(/from 2 to the booted generation 1 \(2 reinstalled, 1 removed\)/);
+
+    // The package set is generation 1's, exactly, and dpkg is consistent.
+    expect(packageList(m.root)).toEqual(list1);
+    expect(execFileSync('dpkg', ['--root', m.root, '--audit']).toString()).toBe('');
+    // The package the replay installed is gone with its files.
+    expect(existsSync(join(m.root, 'usr/bin/demo-c'))).toBe(false);
+    // The upgraded package's files are the booted image's again, and its (repacked) maintainer script ran.
+    expect(readFileSync(join(m.root, 'usr/bin/demo-a'))).toEqual(readFileSync(join(m.lower, 'usr/bin/demo-a')));
+    expect(execFileSync('chroot', [m.root, '/usr/bin/demo-a']).toString()).toBe('a 1.0\n');
+    expect(readFileSync(join(m.root, 'var/lib/demo-a.version'), 'utf8')).toBe('1.0\n');
+    // The removed package is back, files and conffile, and dpkg knows the conffile as one.
+    expect(readFileSync(join(m.root, 'usr/share/demo-b/data'), 'utf8')).toBe('b\n');
+    expect(readFileSync(join(m.root, 'etc/demo-b.conf'), 'utf8')).toBe('setting=1\n');
+    expect(query(m.root, 'demo-b', '${Conffiles}')).toMatch(/\/etc\/demo-b\.conf [0-9a-f]{32}/);
+    // Ownership as in the image (no root-owner-group rewrite needed: the image's files are root's).
+    expect(execFileSync('stat', ['-c', '%u:%g %a', join(m.root, 'usr/bin/demo-a')]).toString()).toBe(execFileSync('stat', ['-c', '%u:%g %a', join(m.lower, 'usr/bin/demo-a')]).toString());
+
+    // The machine says it runs 1 again; no reboot is needed; 1 boots next with no trial of 2 armed.
+    const s = await m.json<Status>(['status']);
+    expect(s).toMatchObject({ bootedVersion: 1, runningVersion: 1, needsReboot: null, stagedVersion: null });
+    expect(grubenv(m.boot).liveup_try_version).toBeUndefined();
+    const history = await m.json<History[]>(['history']);
+    expect(history.find((h) => h.kind === 'rollback')).toMatchObject({ status: 'succeeded', version: 1 });
+    expect(history.find((h) => h.kind === 'rollback')!.message).toMatch(/rolled back live: 2 → 1/);
+    // Nothing applied live any more: a second undo is refused.
+    const again = await m.ctl(['rollback', '--live']);
+    expect(again.stderr).toMatch(/LIVE_APPLY_REFUSED: .*nothing was applied live in this boot/);
+
+    // An explicit update lifts the hold: 2 replays again on top of the rolled-back system.
+    const reapplied = await m.json<{ outcome: string; version: number }>(['update', '--apply-live']);
+    expect(reapplied).toMatchObject({ outcome: 'applied-live', version: 2 });
+    expect(packageList(m.root)).toEqual(list2);
+  }, 300_000);
+
+  it('refuses with nothing applied live, and --live with --now, changing nothing', async () => {
+    const dir = await tmp();
+    const { m, list1 } = await world(dir);
+    // 2 is staged and armed as the next boot's trial: a refused rollback must leave that alone.
+    expect(await m.json<{ outcome: string }>(['update', '--download-only'])).toMatchObject({ outcome: 'staged' });
+    const cfgBefore = readFileSync(join(m.boot, 'grub', 'grub.cfg'), 'utf8');
+    const envBefore = grubenv(m.boot);
+
+    const r = await m.ctl(['rollback', '--live']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/LIVE_APPLY_REFUSED: live rollback refused, nothing was changed: nothing was applied live in this boot: the system runs the booted generation 1; use `agentctl rollback`/);
+    const both = await m.ctl(['rollback', '--live', '--now']);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toMatch(/--live and --now exclude each other/);
+
+    expect(packageList(m.root)).toEqual(list1);
+    expect(readFileSync(join(m.boot, 'grub', 'grub.cfg'), 'utf8')).toBe(cfgBefore);
+    expect(grubenv(m.boot)).toEqual(envBefore);
+    expect(envBefore.liveup_try_version).toBe('2');
+    const s = await m.json<Status>(['status']);
+    expect(s).toMatchObject({ runningVersion: 1, needsReboot: null, stagedVersion: 2 });
+    const history = await m.json<History[]>(['history']);
+    expect(history.some((h) => h.kind === 'rollback')).toBe(false);
+  }, 300_000);
+});
