@@ -13,12 +13,15 @@
  *    so from here on a reboot gives the booted generation whatever happens.
  * 2. A `live-rollback` step and the `live-apply-pending` marker (kind
  *    `rollback`) before the first change.
- * 3. dpkg: one `-i` of the repacked booted versions (with
- *    `--auto-deconfigure`: a package the replay installed may depend on the
- *    newer version being replaced, and is removed next), then one
- *    `--remove` of what the booted image did not have. Install first: an
- *    upgrade usually brought a new dependency, which can only go once the
- *    old version no longer needs it.
+ * 3. dpkg in three runs: `--unpack` the repacked booted versions (with
+ *    `--auto-deconfigure`), `--remove` what the booted image did not have,
+ *    `--configure -a`. Neither "install, then remove" nor "remove, then
+ *    install" works for every replay: an upgrade that brought a new
+ *    dependency needs the old version in place before the dependency can
+ *    go; a new package that Breaks the old version must be gone before the
+ *    old version can be configured. Unpack, remove, configure serves both.
+ *    (A new package that *Conflicts* with a booted one is refused by the
+ *    simulation: that needs a reboot.)
  * 4. Restart the services that map a changed file (shared with the replay).
  * 5. Converge: the installed set must equal the booted generation's
  *    packages.json, else LIVE_APPLY_FAILED and "needs reboot into <booted>".
@@ -32,6 +35,8 @@ import { inverseChanges, type InverseChanges, type Reinstall } from './core/live
 import {
   SETTING_LIVE_VERSION, SETTING_NEEDS_REBOOT, SETTING_PENDING, restartAffected, type LiveApplyDeps, type Pending,
 } from './liveapply.js';
+
+const UNPACK = { unpackOnly: true, autoDeconfigure: true } as const;
 
 export interface LiveRollbackDeps extends Pick<LiveApplyDeps, 'processes' | 'systemd' | 'selfUnit' | 'bootId' | 'log' | 'onProgress'> {
   readonly dpkg: Dpkg;
@@ -73,7 +78,7 @@ export async function liveRollback(booted: number, from: number, deps: LiveRollb
   }
   const debPaths = changes.reinstall.map((r) => debs.get(r.package)!);
   try {
-    if (debPaths.length) await dpkg.simulateInstall(debPaths, { autoDeconfigure: true });
+    if (debPaths.length) await dpkg.simulateInstall(debPaths, UNPACK);
     else if (changes.remove.length) await dpkg.simulateRemove(changes.remove);
   } catch (e) {
     refuse(`${toLiveupError(e).message}; a reboot is needed: \`agentctl rollback ${booted} --now\``);
@@ -92,14 +97,14 @@ export async function liveRollback(booted: number, from: number, deps: LiveRollb
     from, remove: [...changes.remove], reinstall: changes.reinstall.map((r) => `${r.package} ${r.installed ?? '(removed)'} → ${r.version}`),
   });
   log.info({ booted, from, remove: changes.remove, reinstall: changes.reinstall.length }, 'live rollback started');
-  const total = (debPaths.length ? 1 : 0) + (changes.remove.length ? 1 : 0);
+  const total = 3;
   try {
     deps.onProgress?.('live-rollback', 0, total);
-    if (debPaths.length) {
-      await dpkg.install(debPaths, { autoDeconfigure: true });
-      deps.onProgress?.('live-rollback', 1, total);
-    }
+    if (debPaths.length) await dpkg.install(debPaths, UNPACK);
+    deps.onProgress?.('live-rollback', 1, total);
     if (changes.remove.length) await dpkg.remove(changes.remove);
+    deps.onProgress?.('live-rollback', 2, total);
+    if (debPaths.length) await dpkg.configurePending();
     deps.onProgress?.('live-rollback', total, total);
     for (const r of changes.reinstall) for (const f of await dpkg.files(r.package)) changedFiles.add(f);
 

@@ -16,7 +16,7 @@ import { PACKAGE_LIST_FORMAT, isInstalled, parsePackageList } from '../../agent/
 export type Cleanups = (() => Promise<void> | void)[];
 
 export interface Pkg {
-  name: string; version: string; depends?: string; conflicts?: string; postinst?: string; file: [string, string];
+  name: string; version: string; depends?: string; conflicts?: string; breaks?: string; postinst?: string; file: [string, string];
   /** A configuration file (path under /etc, content), listed in DEBIAN/conffiles. */
   conffile?: [string, string];
 }
@@ -27,7 +27,7 @@ export async function buildDeb(dir: string, p: Pkg): Promise<string> {
   await mkdir(join(root, 'DEBIAN'), { recursive: true });
   await writeFile(join(root, 'DEBIAN', 'control'), [
     `Package: ${p.name}`, `Version: ${p.version}`, 'Architecture: all', 'Maintainer: liveup tests <tests@liveup.invalid>',
-    ...(p.depends ? [`Depends: ${p.depends}`] : []), ...(p.conflicts ? [`Conflicts: ${p.conflicts}`] : []),
+    ...(p.depends ? [`Depends: ${p.depends}`] : []), ...(p.conflicts ? [`Conflicts: ${p.conflicts}`] : []), ...(p.breaks ? [`Breaks: ${p.breaks}`] : []),
     `Description: liveup live-replay test package ${p.name}`, '',
   ].join('\n'));
   if (p.postinst) {

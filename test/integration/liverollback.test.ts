@@ -7,8 +7,8 @@
  *
  * Generation 1: minbase + demo-a 1.0 (a postinst recording its version) +
  * demo-b 1.0 (a conffile). Generation 2: demo-a 2.0 (upgrade), demo-c (new,
- * depends on demo-a >= 2.0, so the downgrade must deconfigure it), demo-b
- * removed. Needs root (mounts, dpkg --root).
+ * depends on demo-a >= 2.0), demo-e (new, Breaks demo-a << 2.0: the
+ * downgrade must deconfigure it before it is removed), demo-b removed. Needs root (mounts, dpkg --root).
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
@@ -47,6 +47,7 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
       { name: 'demo-a', version: '2.0', postinst: 'echo 2.0 > /var/lib/demo-a.version', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 2.0\n'] },
       { name: 'demo-b', version: '1.0', conffile: ['etc/demo-b.conf', 'setting=1\n'], file: ['usr/share/demo-b/data', 'b\n'] },
       { name: 'demo-c', version: '1.0', depends: 'demo-a (>= 2.0)', file: ['usr/bin/demo-c', '#!/bin/sh\necho c\n'] },
+      { name: 'demo-e', version: '1.0', breaks: 'demo-a (<< 2.0)', file: ['usr/bin/demo-e', '#!/bin/sh\necho e\n'] },
     ];
     debs = {};
     for (const p of pkgs) debs[`${p.name}_${p.version}`] = await buildDeb(dir, p);
@@ -59,12 +60,14 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     execFileSync('tar', ['--zstd', '-xpf', base, '-C', tree]);
     dpkgRoot(tree, ['-i', debs['demo-a_1.0']!, debs['demo-b_1.0']!]);
     const g1 = await gendir(dir, tree, 1, null, []);
-    dpkgRoot(tree, ['-i', debs['demo-a_2.0']!, debs['demo-c_1.0']!]);
+    dpkgRoot(tree, ['-i', debs['demo-a_2.0']!, debs['demo-c_1.0']!, debs['demo-e_1.0']!]);
     dpkgRoot(tree, ['--remove', 'demo-b']);
     const g2 = await gendir(dir, tree, 2, 1, [
       { action: 'upgrade', package: 'demo-a', from: '1.0', version: '2.0', deb: debs['demo-a_2.0']! },
       { action: 'install', package: 'demo-c', version: '1.0', deb: debs['demo-c_1.0']! },
       { action: 'remove', package: 'demo-b', from: '1.0' },
+      // Its own step, after demo-a 2.0 is in: dpkg --simulate of one -i run checks each .deb against the system before the run.
+      { action: 'install', package: 'demo-e', version: '1.0', deb: debs['demo-e_1.0']! },
     ]);
     const list = (g: string) => (JSON.parse(readFileSync(join(g, 'packages.json'), 'utf8')) as { packages: Record<string, string> }).packages;
     return { m: await machine(dir, [g1, g2], cleanups), list1: list(g1), list2: list(g2) };
@@ -85,13 +88,14 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
 
     const r = await m.json<{ outcome: string; version: number; message: string }>(['rollback', '--live']);
     expect(r).toMatchObject({ outcome: 'rolled-back-live', version: 1 });
-    expect(r.message).toMatch(/from 2 to the booted generation 1 \(2 reinstalled, 1 removed\)/);
+    expect(r.message).toMatch(/from 2 to the booted generation 1 \(2 reinstalled, 2 removed\)/);
 
     // The package set is generation 1's, exactly, and dpkg is consistent.
     expect(packageList(m.root)).toEqual(list1);
     expect(execFileSync('dpkg', ['--root', m.root, '--audit']).toString()).toBe('');
     // The package the replay installed is gone with its files.
     expect(existsSync(join(m.root, 'usr/bin/demo-c'))).toBe(false);
+    expect(existsSync(join(m.root, 'usr/bin/demo-e'))).toBe(false);
     // The upgraded package's files are the booted image's again, and its (repacked) maintainer script ran.
     expect(readFileSync(join(m.root, 'usr/bin/demo-a'))).toEqual(readFileSync(join(m.lower, 'usr/bin/demo-a')));
     expect(execFileSync('chroot', [m.root, '/usr/bin/demo-a']).toString()).toBe('a 1.0\n');

@@ -83,14 +83,18 @@ export function describeDrift(d: ReturnType<typeof packageDrift>): string | null
 
 export interface InstallHow {
   /**
-   * Let dpkg deconfigure installed packages that the new versions would break
-   * (`--auto-deconfigure`): a live rollback downgrades a package that a
-   * package it removes right afterwards still depends on.
+   * Unpack only (`--unpack`), configure later (`configurePending`): a live
+   * rollback puts the booted versions in place, removes what the booted
+   * image did not have, and only then configures — so neither a package the
+   * replay installed that Breaks an old version, nor a new dependency of a
+   * newer version, stands in the way.
    */
+  readonly unpackOnly?: boolean;
+  /** Let dpkg deconfigure installed packages the unpacked versions break (`--auto-deconfigure`); they are removed next. */
   readonly autoDeconfigure?: boolean;
 }
 
-const installFlags = (how: InstallHow): string[] => (how.autoDeconfigure ? ['--auto-deconfigure'] : []);
+const installFlags = (how: InstallHow): string[] => [...(how.autoDeconfigure ? ['--auto-deconfigure'] : []), how.unpackOnly ? '--unpack' : '-i'];
 
 export function createDpkg(o: DpkgOptions) {
   const runner = o.runner ?? defaultRun;
@@ -122,9 +126,9 @@ export function createDpkg(o: DpkgOptions) {
     },
     /** Would installing these .debs (in one dpkg run) succeed? Throws LIVE_APPLY_FAILED with dpkg's words otherwise. */
     simulateInstall: (debs: readonly string[], how: InstallHow = {}) =>
-      wrap('simulated install', () => dpkg(['--simulate', ...CONF, ...installFlags(how), '-i', ...debs], 120_000)).then(() => undefined),
+      wrap('simulated install', () => dpkg(['--simulate', ...CONF, ...installFlags(how), ...debs], 120_000)).then(() => undefined),
     simulateRemove: (pkgs: readonly string[]) => wrap('simulated removal', () => dpkg(['--simulate', '--remove', ...pkgs], 120_000)).then(() => undefined),
-    install: (debs: readonly string[], how: InstallHow = {}) => wrap('install', () => dpkg([...CONF, ...installFlags(how), '-i', ...debs])).then(() => undefined),
+    install: (debs: readonly string[], how: InstallHow = {}) => wrap(how.unpackOnly ? 'unpack' : 'install', () => dpkg([...CONF, ...installFlags(how), ...debs])).then(() => undefined),
     remove: (pkgs: readonly string[]) => wrap('removal', () => dpkg(['--remove', ...pkgs])).then(() => undefined),
     /** The recovery after an interrupted run: finish configuring whatever was unpacked. */
     configurePending: () => wrap('dpkg --configure -a', () => dpkg([...CONF, '--configure', '-a'])).then(() => undefined),
