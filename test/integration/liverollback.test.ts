@@ -6,7 +6,8 @@
  * the new package removed — and the refusals, which change nothing.
  *
  * Generation 1: minbase + demo-a 1.0 (a postinst recording its version) +
- * demo-b 1.0 (a conffile). Generation 2: demo-a 2.0 (upgrade), demo-c (new,
+ * demo-b 1.0 (a conffile). Generation 2: demo-a 2.0 (upgrade, with a new
+ * dependency demo-lib: it can go only once demo-a 1.0 is back), demo-c (new,
  * depends on demo-a >= 2.0), demo-e (new, Breaks demo-a << 2.0: the
  * downgrade must deconfigure it before it is removed), demo-b removed. Needs root (mounts, dpkg --root).
  */
@@ -44,9 +45,10 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     await mkdir(dir, { recursive: true });
     const pkgs: Pkg[] = [
       { name: 'demo-a', version: '1.0', postinst: 'echo 1.0 > /var/lib/demo-a.version', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 1.0\n'] },
-      { name: 'demo-a', version: '2.0', postinst: 'echo 2.0 > /var/lib/demo-a.version', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 2.0\n'] },
+      { name: 'demo-a', version: '2.0', depends: 'demo-lib', postinst: 'echo 2.0 > /var/lib/demo-a.version', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 2.0\n'] },
       { name: 'demo-b', version: '1.0', conffile: ['etc/demo-b.conf', 'setting=1\n'], file: ['usr/share/demo-b/data', 'b\n'] },
       { name: 'demo-c', version: '1.0', depends: 'demo-a (>= 2.0)', file: ['usr/bin/demo-c', '#!/bin/sh\necho c\n'] },
+      { name: 'demo-lib', version: '1.0', file: ['usr/lib/demo-lib.so', 'lib\n'] },
       { name: 'demo-e', version: '1.0', breaks: 'demo-a (<< 2.0)', file: ['usr/bin/demo-e', '#!/bin/sh\necho e\n'] },
     ];
     debs = {};
@@ -60,9 +62,10 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     execFileSync('tar', ['--zstd', '-xpf', base, '-C', tree]);
     dpkgRoot(tree, ['-i', debs['demo-a_1.0']!, debs['demo-b_1.0']!]);
     const g1 = await gendir(dir, tree, 1, null, []);
-    dpkgRoot(tree, ['-i', debs['demo-a_2.0']!, debs['demo-c_1.0']!, debs['demo-e_1.0']!]);
+    dpkgRoot(tree, ['-i', debs['demo-lib_1.0']!, debs['demo-a_2.0']!, debs['demo-c_1.0']!, debs['demo-e_1.0']!]);
     dpkgRoot(tree, ['--remove', 'demo-b']);
     const g2 = await gendir(dir, tree, 2, 1, [
+      { action: 'install', package: 'demo-lib', version: '1.0', deb: debs['demo-lib_1.0']! },
       { action: 'upgrade', package: 'demo-a', from: '1.0', version: '2.0', deb: debs['demo-a_2.0']! },
       { action: 'install', package: 'demo-c', version: '1.0', deb: debs['demo-c_1.0']! },
       { action: 'remove', package: 'demo-b', from: '1.0' },
@@ -88,7 +91,7 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
 
     const r = await m.json<{ outcome: string; version: number; message: string }>(['rollback', '--live']);
     expect(r).toMatchObject({ outcome: 'rolled-back-live', version: 1 });
-    expect(r.message).toMatch(/from 2 to the booted generation 1 \(2 reinstalled, 2 removed\)/);
+    expect(r.message).toMatch(/from 2 to the booted generation 1 \(2 reinstalled, 3 removed\)/);
 
     // The package set is generation 1's, exactly, and dpkg is consistent.
     expect(packageList(m.root)).toEqual(list1);
@@ -96,6 +99,7 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     // The package the replay installed is gone with its files.
     expect(existsSync(join(m.root, 'usr/bin/demo-c'))).toBe(false);
     expect(existsSync(join(m.root, 'usr/bin/demo-e'))).toBe(false);
+    expect(existsSync(join(m.root, 'usr/lib/demo-lib.so'))).toBe(false);
     // The upgraded package's files are the booted image's again, and its (repacked) maintainer script ran.
     expect(readFileSync(join(m.root, 'usr/bin/demo-a'))).toEqual(readFileSync(join(m.lower, 'usr/bin/demo-a')));
     expect(execFileSync('chroot', [m.root, '/usr/bin/demo-a']).toString()).toBe('a 1.0\n');
