@@ -13,8 +13,7 @@
  *    so from here on a reboot gives the booted generation whatever happens.
  * 2. A `live-rollback` step and the `live-apply-pending` marker (kind
  *    `rollback`) before the first change.
- * 3. dpkg in three runs: `--unpack` the repacked booted versions (with
- *    `--auto-deconfigure`), `--remove` what the booted image did not have,
+ * 3. dpkg in three runs: `--unpack` the repacked booted versions, `--remove` what the booted image did not have,
  *    `--configure -a`. Neither "install, then remove" nor "remove, then
  *    install" works for every replay: an upgrade that brought a new
  *    dependency needs the old version in place before the dependency can
@@ -36,7 +35,7 @@ import {
   SETTING_LIVE_VERSION, SETTING_NEEDS_REBOOT, SETTING_PENDING, restartAffected, type LiveApplyDeps, type Pending,
 } from './liveapply.js';
 
-const UNPACK = { unpackOnly: true, autoDeconfigure: true } as const;
+const UNPACK = { unpackOnly: true } as const;
 
 export interface LiveRollbackDeps extends Pick<LiveApplyDeps, 'processes' | 'systemd' | 'selfUnit' | 'bootId' | 'log' | 'onProgress'> {
   readonly dpkg: Dpkg;

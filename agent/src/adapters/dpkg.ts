@@ -90,11 +90,9 @@ export interface InstallHow {
    * newer version, stands in the way.
    */
   readonly unpackOnly?: boolean;
-  /** Let dpkg deconfigure installed packages the unpacked versions break (`--auto-deconfigure`); they are removed next. */
-  readonly autoDeconfigure?: boolean;
 }
 
-const installFlags = (how: InstallHow): string[] => [...(how.autoDeconfigure ? ['--auto-deconfigure'] : []), how.unpackOnly ? '--unpack' : '-i'];
+const installFlags = (how: InstallHow): string[] => [how.unpackOnly ? '--unpack' : '-i'];
 
 export function createDpkg(o: DpkgOptions) {
   const runner = o.runner ?? defaultRun;

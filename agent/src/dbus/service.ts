@@ -175,7 +175,7 @@ class Agent1 extends dbus.interface.Interface {
     return this.#core.mutate('Rollback', this.#caller(), async () => {
       const v = toVersion(version, 'version');
       const o = boolOptions(options, ['now', 'live']);
-      const opts: RollbackOptions = { now: o.now, live: o.live };
+      const opts: RollbackOptions = { now: o.now, ...(o.live ? { live: true } : {}) };
       return JSON.stringify(await this.#core.api.rollback(v === 0 ? null : v, opts));
     });
   }
