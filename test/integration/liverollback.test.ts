@@ -14,7 +14,7 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { tmp } from '../helpers/tmp.js';
@@ -151,5 +151,27 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     expect(s).toMatchObject({ runningVersion: 1, needsReboot: null, stagedVersion: 2 });
     const history = await m.json<History[]>(['history']);
     expect(history.some((h) => h.kind === 'rollback')).toBe(false);
+  }, 300_000);
+
+  it('refuses before any change when the booted packages cannot be repacked from the image, and says a reboot is needed', async () => {
+    const dir = await tmp();
+    // The booted image is not where the configuration says (not live-boot, say): nothing can be repacked.
+    await mkdir(join(dir, 'agent.d'));
+    await writeFile(join(dir, 'agent.d', '50-lower.json'), JSON.stringify({ liveLowerDir: join(dir, 'not-the-image') }));
+    const { m, list2 } = await world(dir);
+    expect(await m.json<{ outcome: string }>(['update', '--apply-live'])).toMatchObject({ outcome: 'applied-live' });
+    const envBefore = grubenv(m.boot);
+    const cfgBefore = readFileSync(join(m.boot, 'grub', 'grub.cfg'), 'utf8');
+
+    const r = await m.ctl(['rollback', '--live']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/LIVE_APPLY_REFUSED: live rollback refused, nothing was changed: cannot repack demo-a 1\.0 from .*not-the-image: no dpkg status file .*; a reboot is needed: `agentctl rollback 1 --now`/);
+    expect(packageList(m.root)).toEqual(list2);
+    expect(execFileSync('chroot', [m.root, '/usr/bin/demo-a']).toString()).toBe('a 2.0\n');
+    // The boot side is untouched too: 2 is still what boots next.
+    expect(grubenv(m.boot)).toEqual(envBefore);
+    expect(readFileSync(join(m.boot, 'grub', 'grub.cfg'), 'utf8')).toBe(cfgBefore);
+    const s = await m.json<Status>(['status']);
+    expect(s).toMatchObject({ bootedVersion: 1, runningVersion: 2, needsReboot: null, stagedVersion: 2 });
   }, 300_000);
 });

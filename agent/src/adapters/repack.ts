@@ -85,7 +85,7 @@ export async function repackFromRoot(pkg: string, version: string, o: RepackOpti
   const admin = join(o.root, 'var/lib/dpkg');
   const cannot = (why: string) => new LiveupError('LIVE_APPLY_REFUSED', `cannot repack ${pkg} ${version} from ${o.root}: ${why}`, { package: pkg });
   const status = await readFile(join(admin, 'status'), 'utf8').catch(() => null);
-  if (status === null) throw cannot('no dpkg status file');
+  if (status === null) throw cannot('no dpkg status file (is `liveLowerDir` the booted image?)');
   const stanza = installedStanza(parseStanzas(status), pkg);
   if (!stanza) throw cannot('not installed there');
   if (fieldOf(stanza, 'Version') !== version) throw cannot(`it has version ${fieldOf(stanza, 'Version') ?? 'none'} installed`);
