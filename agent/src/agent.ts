@@ -6,7 +6,7 @@
  * things and the journal: a row marks each step before it starts, so a crash
  * at any point is visible and reconciled at the next start.
  */
-import { mkdir, readFile, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
+import { lstat, mkdir, readFile, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fetchVerifiedIndex, fetchVerifiedManifest } from './channel/client.js';
 import { LiveupError, toLiveupError, type ErrorCode } from './channel/errors.js';
@@ -37,7 +37,7 @@ import type { RebootStrategy } from './config.js';
 import { liveApply, needsReboot, recoverInterruptedApply, runningVersion } from './liveapply.js';
 import { liveRollback } from './liverollback.js';
 import { liveRollbackRefusal } from './core/liveundo.js';
-import { repackFromRoot } from './adapters/repack.js';
+import { fileOwners, repackFromRoot, type Repacked } from './adapters/repack.js';
 import { createDpkg } from './adapters/dpkg.js';
 import { scanProcesses } from './adapters/procs.js';
 import { createSystemd } from './adapters/systemd.js';
@@ -877,13 +877,19 @@ export class Agent implements AgentApi {
         repack: async (pkgs) => {
           await rm(outDir, { recursive: true, force: true });
           await ensureDir(outDir);
-          const debs = new Map<string, string>();
+          const debs = new Map<string, Repacked>();
           for (const [i, p] of pkgs.entries()) {
             this.events.emitProgress({ step: 'repack', done: i, total: pkgs.length });
             debs.set(p.package, await repackFromRoot(p.package, p.version, { root: this.#config.liveLowerDir, outDir }));
           }
           return debs;
         },
+        missing: async (paths) => {
+          const gone: string[] = [];
+          for (const p of paths) if (!(await lstat(join(this.#config.liveRoot, p)).then(() => true, () => false))) gone.push(p);
+          return gone;
+        },
+        fileOwners: async (paths) => ({ now: await fileOwners(this.#config.liveRoot, paths), booted: await fileOwners(this.#config.liveLowerDir, paths) }),
         armBoot: async () => {
           const cur = await this.#current();
           this.#journal.setSetting('rollback-hold', String(Math.max(booted, from, ...cur.present)));

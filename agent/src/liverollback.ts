@@ -7,8 +7,11 @@
  *
  * The same rules as the forward replay (liveapply.ts), in the same order:
  * 1. Refuse before any change (LIVE_APPLY_REFUSED): dpkg consistent
- *    (`--audit`); every package to reinstall repacked; dpkg simulates the
- *    first run. The boot side is then made consistent (`armBoot`: the
+ *    (`--audit`); every package to reinstall repacked; none of their files
+ *    owned now by a package that stays (a file the replay moved to a package
+ *    the rollback removes is taken over — `--force-overwrite`, and unpacked
+ *    again after that package's removal deleted it); dpkg
+ *    simulates the first run. The boot side is then made consistent (`armBoot`: the
  *    booted generation boots next, the rolled-back-from one is held back),
  *    so from here on a reboot gives the booted generation whatever happens.
  * 2. A `live-rollback` step and the `live-apply-pending` marker (kind
@@ -23,27 +26,31 @@
  *    simulation: that needs a reboot.)
  * 4. Restart the services that map a changed file (shared with the replay).
  * 5. Converge: the installed set must equal the booted generation's
- *    packages.json, else LIVE_APPLY_FAILED and "needs reboot into <booted>".
+ *    packages.json and every file of the reinstalled packages must be there,
+ *    else LIVE_APPLY_FAILED and "needs reboot into <booted>".
  */
 import { LiveupError, toLiveupError } from './channel/errors.js';
 import type { Dpkg } from './adapters/dpkg.js';
 import { describeDrift, isInstalled, packageDrift } from './adapters/dpkg.js';
 import type { Journal } from './adapters/journal.js';
 import type { JobResult } from './adapters/systemd.js';
-import { inverseChanges, type InverseChanges, type Reinstall } from './core/liveundo.js';
+import { inverseChanges, ownershipClashes, unresolvableClashes, type InverseChanges, type Reinstall } from './core/liveundo.js';
+import type { Repacked } from './adapters/repack.js';
 import {
   SETTING_LIVE_VERSION, SETTING_NEEDS_REBOOT, SETTING_PENDING, restartAffected, type LiveApplyDeps, type Pending,
 } from './liveapply.js';
-
-const UNPACK = { unpackOnly: true } as const;
 
 export interface LiveRollbackDeps extends Pick<LiveApplyDeps, 'processes' | 'systemd' | 'selfUnit' | 'bootId' | 'log' | 'onProgress'> {
   readonly dpkg: Dpkg;
   readonly journal: Journal;
   /** The booted generation's packages.json (name → version). */
   readonly bootedList: Readonly<Record<string, string>>;
-  /** Repack the booted versions from the booted image: package → .deb path. Throws LIVE_APPLY_REFUSED when one cannot be. */
-  repack(pkgs: readonly Reinstall[]): Promise<Map<string, string>>;
+  /** Repack the booted versions from the booted image: package → .deb and its files. Throws LIVE_APPLY_REFUSED when one cannot be. */
+  repack(pkgs: readonly Reinstall[]): Promise<Map<string, Repacked>>;
+  /** path → owning packages, on the running system (`now`) and in the booted image (`booted`), for these paths. */
+  fileOwners(paths: ReadonlySet<string>): Promise<{ now: Map<string, string[]>; booted: Map<string, string[]> }>;
+  /** Which of these paths do not exist on the running system. */
+  missing(paths: readonly string[]): Promise<string[]>;
   /** Make the booted generation the next boot and hold newer ones back; runs after the checks, before the first change. */
   armBoot(): Promise<void>;
 }
@@ -69,18 +76,28 @@ export async function liveRollback(booted: number, from: number, deps: LiveRollb
   if (audit) refuse(`dpkg reports unfinished packages (${audit.split('\n')[0]}); reboot into ${booted} (\`agentctl rollback ${booted} --now\`)`);
   const installed = Object.fromEntries((await dpkg.installed()).filter(isInstalled).map((p) => [p.name, p.version]));
   const changes = inverseChanges(deps.bootedList, installed);
-  let debs = new Map<string, string>();
+  const reboot = `a reboot is needed: \`agentctl rollback ${booted} --now\``;
+  let repacked = new Map<string, Repacked>();
   try {
-    debs = await deps.repack(changes.reinstall);
+    repacked = await deps.repack(changes.reinstall);
   } catch (e) {
-    refuse(`${toLiveupError(e).message}; a reboot is needed: \`agentctl rollback ${booted} --now\``);
+    refuse(`${toLiveupError(e).message}; ${reboot}`);
   }
-  const debPaths = changes.reinstall.map((r) => debs.get(r.package)!);
+  const debPaths = changes.reinstall.map((r) => repacked.get(r.package)!.deb);
+  // dpkg --simulate does not look at files: a file the replay moved to another package is found here.
+  const files = new Map([...repacked].map(([p, r]) => [p, r.files]));
+  const owners = await deps.fileOwners(new Set([...files.values()].flat()));
+  const clashes = ownershipClashes(files, owners.now, owners.booted);
+  const stuck = unresolvableClashes(clashes, changes);
+  if (stuck.length) {
+    refuse(`${stuck.slice(0, 5).map((c) => `${c.path} of ${c.package} belongs to ${c.owners.join(', ')} now`).join('; ')}${stuck.length > 5 ? ` (and ${stuck.length - 5} more)` : ''}; ${reboot}`);
+  }
+  const unpack = { unpackOnly: true, forceOverwrite: clashes.length > 0 };
   try {
-    if (debPaths.length) await dpkg.simulateInstall(debPaths, UNPACK);
+    if (debPaths.length) await dpkg.simulateInstall(debPaths, unpack);
     else if (changes.remove.length) await dpkg.simulateRemove(changes.remove);
   } catch (e) {
-    refuse(`${toLiveupError(e).message}; a reboot is needed: \`agentctl rollback ${booted} --now\``);
+    refuse(`${toLiveupError(e).message}; ${reboot}`);
   }
   // Files of what is replaced or removed are known only before.
   const changedFiles = new Set<string>();
@@ -93,15 +110,19 @@ export async function liveRollback(booted: number, from: number, deps: LiveRollb
   const pending: Pending = { target: booted, chain: [from, booted], bootId: deps.bootId, started: new Date().toISOString(), kind: 'rollback' };
   journal.setSetting(SETTING_PENDING, JSON.stringify(pending));
   const id = journal.beginStep('live-rollback', booted, {
-    from, remove: [...changes.remove], reinstall: changes.reinstall.map((r) => `${r.package} ${r.installed ?? '(removed)'} → ${r.version}`),
+    from, remove: [...changes.remove], takenOver: clashes.map((c) => `${c.path}: ${c.owners.join(', ')} → ${c.package}`), reinstall: changes.reinstall.map((r) => `${r.package} ${r.installed ?? '(removed)'} → ${r.version}`),
   });
   log.info({ booted, from, remove: changes.remove, reinstall: changes.reinstall.length }, 'live rollback started');
   const total = 3;
   try {
     deps.onProgress?.('live-rollback', 0, total);
-    if (debPaths.length) await dpkg.install(debPaths, UNPACK);
+    if (debPaths.length) await dpkg.install(debPaths, unpack);
     deps.onProgress?.('live-rollback', 1, total);
     if (changes.remove.length) await dpkg.remove(changes.remove);
+    // A taken-over file is still in the removed package's list too, so its
+    // removal deleted it: unpacking the booted package once more puts it back.
+    const takeBack = [...new Set(clashes.map((c) => c.package))];
+    if (takeBack.length) await dpkg.install(takeBack.map((p) => repacked.get(p)!.deb), { unpackOnly: true });
     deps.onProgress?.('live-rollback', 2, total);
     if (debPaths.length) await dpkg.configurePending();
     deps.onProgress?.('live-rollback', total, total);
@@ -111,7 +132,10 @@ export async function liveRollback(booted: number, from: number, deps: LiveRollb
     const { plan, restarted, failedRestarts } = await restartAffected(changedFiles, deps);
 
     // 5. Convergence.
-    const drift = describeDrift(packageDrift(await dpkg.installed(), deps.bootedList));
+    // The package set alone does not show a file dpkg removed with another package: the reinstalled files are checked too.
+    const gone = await deps.missing([...files.values()].flat());
+    const drift = describeDrift(packageDrift(await dpkg.installed(), deps.bootedList)) ??
+      (gone.length ? `files of the booted image missing: ${gone.slice(0, 5).join(', ')}${gone.length > 5 ? ` (and ${gone.length - 5} more)` : ''}` : null);
     if (drift) throw new LiveupError('LIVE_APPLY_FAILED', `the system did not converge back to generation ${booted}: ${drift}; reboot into generation ${booted}`, { version: booted, converge: true });
     const needs = [...plan.needsReboot, ...failedRestarts.map((r) => `${r.unit} did not restart (${r.result})`)];
     // The running generation is the booted one again; an earlier failure in this boot is undone too.

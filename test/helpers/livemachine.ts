@@ -16,7 +16,9 @@ import { PACKAGE_LIST_FORMAT, isInstalled, parsePackageList } from '../../agent/
 export type Cleanups = (() => Promise<void> | void)[];
 
 export interface Pkg {
-  name: string; version: string; depends?: string; conflicts?: string; breaks?: string; postinst?: string; file: [string, string];
+  name: string; version: string; depends?: string; conflicts?: string; breaks?: string; replaces?: string; postinst?: string; file: [string, string];
+  /** More files (path, content). */
+  more?: [string, string][];
   /** A configuration file (path under /etc, content), listed in DEBIAN/conffiles. */
   conffile?: [string, string];
 }
@@ -27,7 +29,7 @@ export async function buildDeb(dir: string, p: Pkg): Promise<string> {
   await mkdir(join(root, 'DEBIAN'), { recursive: true });
   await writeFile(join(root, 'DEBIAN', 'control'), [
     `Package: ${p.name}`, `Version: ${p.version}`, 'Architecture: all', 'Maintainer: liveup tests <tests@liveup.invalid>',
-    ...(p.depends ? [`Depends: ${p.depends}`] : []), ...(p.conflicts ? [`Conflicts: ${p.conflicts}`] : []), ...(p.breaks ? [`Breaks: ${p.breaks}`] : []),
+    ...(p.depends ? [`Depends: ${p.depends}`] : []), ...(p.conflicts ? [`Conflicts: ${p.conflicts}`] : []), ...(p.breaks ? [`Breaks: ${p.breaks}`] : []), ...(p.replaces ? [`Replaces: ${p.replaces}`] : []),
     `Description: liveup live-replay test package ${p.name}`, '',
   ].join('\n'));
   if (p.postinst) {
@@ -39,9 +41,10 @@ export async function buildDeb(dir: string, p: Pkg): Promise<string> {
     await writeFile(join(root, p.conffile[0]), p.conffile[1]);
     await writeFile(join(root, 'DEBIAN', 'conffiles'), `/${p.conffile[0]}\n`);
   }
-  const [path, content] = p.file;
-  await mkdir(join(root, path, '..'), { recursive: true });
-  await writeFile(join(root, path), content, { mode: 0o755 });
+  for (const [path, content] of [p.file, ...(p.more ?? [])]) {
+    await mkdir(join(root, path, '..'), { recursive: true });
+    await writeFile(join(root, path), content, { mode: 0o755 });
+  }
   const out = join(dir, `${p.name}_${p.version}_all.deb`);
   execFileSync('dpkg-deb', ['--root-owner-group', '-Zxz', '--build', root, out], { stdio: 'ignore' });
   return out;

@@ -49,6 +49,9 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
       { name: 'demo-b', version: '1.0', conffile: ['etc/demo-b.conf', 'setting=1\n'], file: ['usr/share/demo-b/data', 'b\n'] },
       { name: 'demo-c', version: '1.0', depends: 'demo-a (>= 2.0)', file: ['usr/bin/demo-c', '#!/bin/sh\necho c\n'] },
       { name: 'demo-lib', version: '1.0', file: ['usr/lib/demo-lib.so', 'lib\n'] },
+      { name: 'demo-f', version: '1.0', file: ['usr/bin/demo-f', '#!/bin/sh\necho f 1.0\n'], more: [['usr/share/demo-f/data', 'f data 1.0\n']] },
+      { name: 'demo-f', version: '2.0', file: ['usr/bin/demo-f', '#!/bin/sh\necho f 2.0\n'] },
+      { name: 'demo-f-data', version: '2.0', breaks: 'demo-f (<< 2.0)', replaces: 'demo-f (<< 2.0)', file: ['usr/share/demo-f/data', 'f data 2.0\n'] },
       { name: 'demo-e', version: '1.0', breaks: 'demo-a (<< 2.0)', file: ['usr/bin/demo-e', '#!/bin/sh\necho e\n'] },
     ];
     debs = {};
@@ -173,5 +176,31 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     expect(readFileSync(join(m.boot, 'grub', 'grub.cfg'), 'utf8')).toBe(cfgBefore);
     const s = await m.json<Status>(['status']);
     expect(s).toMatchObject({ bootedVersion: 1, runningVersion: 2, needsReboot: null, stagedVersion: 2 });
+  }, 300_000);
+
+  it('undoes a package split across a chain 1 → 2 → 3: the booted package takes its file back from the one the replay installed', async () => {
+    const dir = await tmp();
+    const tree = join(dir, 'tree');
+    await mkdir(tree);
+    execFileSync('tar', ['--zstd', '-xpf', base, '-C', tree]);
+    dpkgRoot(tree, ['-i', debs['demo-f_1.0']!]);
+    const g1 = await gendir(dir, tree, 1, null, []);
+    dpkgRoot(tree, ['-i', debs['demo-f_2.0']!]);
+    const g2 = await gendir(dir, tree, 2, 1, [{ action: 'upgrade', package: 'demo-f', from: '1.0', version: '2.0', deb: debs['demo-f_2.0']! }]);
+    dpkgRoot(tree, ['-i', debs['demo-f-data_2.0']!]);
+    const g3 = await gendir(dir, tree, 3, 2, [{ action: 'install', package: 'demo-f-data', version: '2.0', deb: debs['demo-f-data_2.0']! }]);
+    const m = await machine(dir, [g1, g2, g3], cleanups);
+    expect(await m.json<{ outcome: string; version: number }>(['update', '--apply-live'])).toMatchObject({ outcome: 'applied-live', version: 3 });
+    expect(execFileSync('dpkg-query', ['--admindir', join(m.root, 'var/lib/dpkg'), '-S', '/usr/share/demo-f/data']).toString()).toMatch(/^demo-f-data: /);
+
+    const r = await m.json<{ outcome: string; message: string }>(['rollback', '--live']);
+    expect(r).toMatchObject({ outcome: 'rolled-back-live' });
+    expect(r.message).toMatch(/from 3 to the booted generation 1 \(1 reinstalled, 1 removed\)/);
+    expect(packageList(m.root)).toEqual((JSON.parse(readFileSync(join(g1, 'packages.json'), 'utf8')) as { packages: Record<string, string> }).packages);
+    // The file is there, the image's, and dpkg says demo-f owns it again (the removal of demo-f-data left it).
+    expect(readFileSync(join(m.root, 'usr/share/demo-f/data'), 'utf8')).toBe('f data 1.0\n');
+    expect(execFileSync('dpkg-query', ['--admindir', join(m.root, 'var/lib/dpkg'), '-S', '/usr/share/demo-f/data']).toString()).toBe('demo-f: /usr/share/demo-f/data\n');
+    expect(execFileSync('dpkg', ['--root', m.root, '--audit']).toString()).toBe('');
+    expect(await m.json<Status>(['status'])).toMatchObject({ runningVersion: 1, needsReboot: null });
   }, 300_000);
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { inverseChanges, isEmpty, liveRollbackRefusal } from '../../agent/src/core/liveundo.js';
+import { inverseChanges, isEmpty, liveRollbackRefusal, ownershipClashes, unresolvableClashes } from '../../agent/src/core/liveundo.js';
 import { conffilesOf, controlOf, fieldOf, installedStanza, parseStanzas } from '../../agent/src/adapters/repack.js';
 
 describe('inverse change set (booted image vs installed now)', () => {
@@ -48,6 +48,23 @@ describe('when rollback --live is refused', () => {
     const r = liveRollbackRefusal(s);
     if (want === null) expect(r).toBeNull();
     else expect(r).toMatch(want);
+  });
+});
+
+describe('files a reinstalled package takes back', () => {
+  const files = new Map([['demo-f', ['/usr/bin/demo-f', '/usr/share/demo-f/data', '/etc/shared']]]);
+  const booted = new Map([['/usr/bin/demo-f', ['demo-f']], ['/usr/share/demo-f/data', ['demo-f']], ['/etc/shared', ['demo-f', 'demo-g']]]);
+
+  it('a file another package owns now, and did not in the booted image, is a clash; its own and shared-in-the-image ones are not', () => {
+    const now = new Map([['/usr/bin/demo-f', ['demo-f']], ['/usr/share/demo-f/data', ['demo-f-data']], ['/etc/shared', ['demo-g']]]);
+    expect(ownershipClashes(files, now, booted)).toEqual([{ path: '/usr/share/demo-f/data', package: 'demo-f', owners: ['demo-f-data'] }]);
+    expect(ownershipClashes(files, booted, booted)).toEqual([]);
+  });
+
+  it('a clash with a package the rollback removes is resolved (taken over); with one that stays, it is not', () => {
+    const clashes = [{ path: '/usr/share/demo-f/data', package: 'demo-f', owners: ['demo-f-data'] }];
+    expect(unresolvableClashes(clashes, { remove: ['demo-f-data'], reinstall: [] })).toEqual([]);
+    expect(unresolvableClashes(clashes, { remove: [], reinstall: [] })).toEqual(clashes);
   });
 });
 

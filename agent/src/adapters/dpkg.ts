@@ -90,9 +90,15 @@ export interface InstallHow {
    * newer version, stands in the way.
    */
   readonly unpackOnly?: boolean;
+  /**
+   * Let a package take over files another package owns (`--force-overwrite`):
+   * only when the caller has checked every such file belongs to a package it
+   * removes next (a live rollback undoing a package split).
+   */
+  readonly forceOverwrite?: boolean;
 }
 
-const installFlags = (how: InstallHow): string[] => [how.unpackOnly ? '--unpack' : '-i'];
+const installFlags = (how: InstallHow): string[] => [...(how.forceOverwrite ? ['--force-overwrite'] : []), how.unpackOnly ? '--unpack' : '-i'];
 
 export function createDpkg(o: DpkgOptions) {
   const runner = o.runner ?? defaultRun;

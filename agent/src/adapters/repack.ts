@@ -17,7 +17,7 @@
  * another version than asked for) is an error: the caller refuses the whole
  * rollback before any change.
  */
-import { access, chmod, copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, chmod, copyFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LiveupError } from '../channel/errors.js';
@@ -76,11 +76,18 @@ export interface RepackOptions {
 
 const exists = (p: string) => access(p).then(() => true, () => false);
 
+export interface Repacked {
+  readonly deb: string;
+  /** The non-directory paths it ships (directories are shared between packages; files are not). */
+  readonly files: readonly string[];
+}
+
 /**
  * Build `<outDir>/<pkg>_<version>.deb` from `root`; `version` must be what
- * `root` has installed. Returns its path.
+ * `root` has installed.
  */
-export async function repackFromRoot(pkg: string, version: string, o: RepackOptions): Promise<string> {
+
+export async function repackFromRoot(pkg: string, version: string, o: RepackOptions): Promise<Repacked> {
   const run = o.runner ?? defaultRun;
   const admin = join(o.root, 'var/lib/dpkg');
   const cannot = (why: string) => new LiveupError('LIVE_APPLY_REFUSED', `cannot repack ${pkg} ${version} from ${o.root}: ${why}`, { package: pkg });
@@ -101,9 +108,13 @@ export async function repackFromRoot(pkg: string, version: string, o: RepackOpti
   // Listed paths that are not in the image (dpkg path-exclude, e.g. docs in a
   // minimal image) are left out: the repacked package then matches the image.
   const paths: string[] = [];
+  const files: string[] = [];
   for (const p of list.split('\n')) {
     if (!p.startsWith('/') || p === '/.') continue;
-    if (await lstat(join(o.root, p)).then(() => true, () => false)) paths.push(`.${p}`);
+    const st = await lstat(join(o.root, p)).catch(() => null);
+    if (!st) continue;
+    paths.push(`.${p}`);
+    if (!st.isDirectory()) files.push(p);
   }
   const pathsFile = join(o.outDir, `${pkg}.paths`);
   const tarFile = join(o.outDir, `${pkg}.tar`);
@@ -134,5 +145,28 @@ export async function repackFromRoot(pkg: string, version: string, o: RepackOpti
     throw new LiveupError('LIVE_APPLY_REFUSED', `cannot repack ${pkg} ${version}: dpkg-deb --build failed (${e instanceof Error ? e.message : String(e)})`, { package: pkg }, { cause: e });
   });
   await rm(stage, { recursive: true, force: true });
+  return { deb: out, files };
+}
+
+/** dpkg's name for an info file's package: `libc6:amd64.list` → `libc6`. */
+const ownerOf = (listFile: string): string => listFile.slice(0, -'.list'.length).replace(/:[a-z0-9]+$/, '');
+
+/**
+ * path → packages whose `info/*.list` in `root` names it, for the paths asked
+ * about only (a whole system lists ~10⁵ paths; the question is about a few).
+ */
+export async function fileOwners(root: string, paths: ReadonlySet<string>): Promise<Map<string, string[]>> {
+  const info = join(root, 'var/lib/dpkg/info');
+  const out = new Map<string, string[]>();
+  if (paths.size === 0) return out;
+  for (const f of (await readdir(info).catch(() => [] as string[])).filter((n) => n.endsWith('.list'))) {
+    const text = await readFile(join(info, f), 'utf8').catch(() => '');
+    for (const p of text.split('\n')) {
+      if (!paths.has(p)) continue;
+      const owners = out.get(p) ?? [];
+      owners.push(ownerOf(f));
+      out.set(p, owners);
+    }
+  }
   return out;
 }

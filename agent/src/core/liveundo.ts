@@ -68,3 +68,45 @@ export function liveRollbackRefusal(s: LiveRollbackSituation): string | null {
   }
   return null;
 }
+
+/** A file a repacked booted package ships that another package owns now (a package split, a file moved by the replay). */
+export interface Clash {
+  readonly path: string;
+  /** The reinstalled package that ships it in the booted image. */
+  readonly package: string;
+  /** Who owns it now and did not in the booted image. */
+  readonly owners: readonly string[];
+}
+
+/**
+ * `files`: per reinstalled package, the non-directory paths it has in the
+ * booted image; `ownersNow` / `ownersBooted`: path → packages listing it,
+ * on the running system and in the booted image. dpkg refuses to unpack a
+ * file another package owns, so these must be known before the first change.
+ */
+export function ownershipClashes(
+  files: ReadonlyMap<string, readonly string[]>,
+  ownersNow: ReadonlyMap<string, readonly string[]>,
+  ownersBooted: ReadonlyMap<string, readonly string[]>,
+): Clash[] {
+  const out: Clash[] = [];
+  for (const [pkg, paths] of files) {
+    for (const path of paths) {
+      const before = new Set(ownersBooted.get(path) ?? []);
+      const owners = (ownersNow.get(path) ?? []).filter((o) => o !== pkg && !before.has(o));
+      if (owners.length) out.push({ path, package: pkg, owners: [...new Set(owners)].sort() });
+    }
+  }
+  return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/**
+ * Clashes with packages the rollback removes anyway are resolved: the booted
+ * package takes the file over (`--force-overwrite`; dpkg then lists it in
+ * both packages, so the removal deletes it and the runner unpacks the booted
+ * package once more). A clash with a package that stays cannot be: refused.
+ */
+export function unresolvableClashes(clashes: readonly Clash[], changes: InverseChanges): Clash[] {
+  const removed = new Set(changes.remove);
+  return clashes.filter((c) => c.owners.some((o) => !removed.has(o)));
+}
