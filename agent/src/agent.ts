@@ -260,10 +260,10 @@ export class Agent implements AgentApi {
     this.events.emitStateChanged(this.properties());
   }
 
-  /** The newest staged generation that is neither booted nor failed: what the next boot tries. */
   /**
-   * The newest staged generation that is to be tried next. One a rollback
-   * held back (`rollback-hold`, cleared by an explicit `agentctl update`) is
+   * The newest staged generation that is neither booted nor failed: what the
+   * next boot tries, and what a live replay would bring. One a rollback held
+   * back (`rollback-hold`, cleared by an explicit `agentctl update`) is
    * not: after `rollback --live` the rolled-back-from generation is still
    * `staged` in the journal, and must neither boot next nor be replayed again
    * by the next scheduled check.

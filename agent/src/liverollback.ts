@@ -10,14 +10,14 @@
  *    (`--audit`); every package to reinstall repacked; none of their files
  *    owned now by a package that stays (a file the replay moved to a package
  *    the rollback removes is taken over — `--force-overwrite`, and unpacked
- *    again after that package's removal deleted it); dpkg
- *    simulates the first run. The boot side is then made consistent (`armBoot`: the
- *    booted generation boots next, the rolled-back-from one is held back),
- *    so from here on a reboot gives the booted generation whatever happens.
+ *    again after that package's removal deleted it); dpkg simulates the
+ *    unpack. The boot side is then made consistent (`armBoot`: the booted
+ *    generation boots next, the rolled-back-from one is held back), so from
+ *    here on a reboot gives the booted generation whatever happens.
  * 2. A `live-rollback` step and the `live-apply-pending` marker (kind
  *    `rollback`) before the first change.
- * 3. dpkg in three runs: `--unpack` the repacked booted versions, `--remove` what the booted image did not have,
- *    `--configure -a`. Neither "install, then remove" nor "remove, then
+ * 3. dpkg in three runs: `--unpack` the repacked booted versions,
+ *    `--remove` what the booted image did not have, `--configure -a`. Neither "install, then remove" nor "remove, then
  *    install" works for every replay: an upgrade that brought a new
  *    dependency needs the old version in place before the dependency can
  *    go; a new package that Breaks the old version must be gone before the

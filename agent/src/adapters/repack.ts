@@ -17,8 +17,7 @@
  * another version than asked for) is an error: the caller refuses the whole
  * rollback before any change.
  */
-import { access, chmod, copyFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import { lstat } from 'node:fs/promises';
+import { access, chmod, copyFile, lstat, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LiveupError } from '../channel/errors.js';
 import { run as defaultRun, type Runner } from './exec.js';
@@ -86,7 +85,6 @@ export interface Repacked {
  * Build `<outDir>/<pkg>_<version>.deb` from `root`; `version` must be what
  * `root` has installed.
  */
-
 export async function repackFromRoot(pkg: string, version: string, o: RepackOptions): Promise<Repacked> {
   const run = o.runner ?? defaultRun;
   const admin = join(o.root, 'var/lib/dpkg');
