@@ -14,7 +14,7 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { tmp } from '../helpers/tmp.js';
@@ -44,7 +44,8 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     const dir = join(tmpdir(), `liveup-rollback-debs-${process.pid}`);
     await mkdir(dir, { recursive: true });
     const pkgs: Pkg[] = [
-      { name: 'demo-a', version: '1.0', postinst: 'echo 1.0 > /var/lib/demo-a.version', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 1.0\n'] },
+      // Its postinst fails while /etc/demo-a.fail exists: a maintainer script failing mid-rollback.
+      { name: 'demo-a', version: '1.0', postinst: 'if [ -e /etc/demo-a.fail ]; then exit 1; fi\necho 1.0 > /var/lib/demo-a.version', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 1.0\n'] },
       { name: 'demo-a', version: '2.0', depends: 'demo-lib', postinst: 'echo 2.0 > /var/lib/demo-a.version', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 2.0\n'] },
       { name: 'demo-b', version: '1.0', conffile: ['etc/demo-b.conf', 'setting=1\n'], file: ['usr/share/demo-b/data', 'b\n'] },
       { name: 'demo-c', version: '1.0', depends: 'demo-a (>= 2.0)', file: ['usr/bin/demo-c', '#!/bin/sh\necho c\n'] },
@@ -201,6 +202,35 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     expect(readFileSync(join(m.root, 'usr/share/demo-f/data'), 'utf8')).toBe('f data 1.0\n');
     expect(execFileSync('dpkg-query', ['--admindir', join(m.root, 'var/lib/dpkg'), '-S', '/usr/share/demo-f/data']).toString()).toBe('demo-f: /usr/share/demo-f/data\n');
     expect(execFileSync('dpkg', ['--root', m.root, '--audit']).toString()).toBe('');
+    expect(await m.json<Status>(['status'])).toMatchObject({ runningVersion: 1, needsReboot: null });
+  }, 300_000);
+
+  it('a failure after the first change: needs reboot into the booted generation, which boots next; fixed by hand, the undo completes', async () => {
+    const dir = await tmp();
+    const { m, list1 } = await world(dir);
+    expect(await m.json<{ outcome: string }>(['update', '--apply-live'])).toMatchObject({ outcome: 'applied-live' });
+    await writeFile(join(m.root, 'etc/demo-a.fail'), '');
+
+    const r = await m.ctl(['rollback', '--live']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/LIVE_APPLY_FAILED: live rollback to 1 failed after changing the system: dpkg --configure -a: .*demo-a.*; reboot into generation 1/);
+    const s = await m.json<Status>(['status']);
+    expect(s.needsReboot).toMatchObject({ version: 1 });
+    // The boot side was settled before the first change: 1 boots next, no trial of 2.
+    expect(s.stagedVersion).toBeNull();
+    expect(grubenv(m.boot).liveup_try_version).toBeUndefined();
+    expect((await m.ctl(['status'])).stdout).toMatch(/Needs reboot: into 1/);
+    const history = await m.json<History[]>(['history']);
+    expect(history.find((h) => h.kind === 'rollback')).toMatchObject({ status: 'failed', version: 1 });
+
+    // dpkg is not consistent now: another attempt is refused until it is.
+    const again = await m.ctl(['rollback', '--live']);
+    expect(again.stderr).toMatch(/LIVE_APPLY_REFUSED: live rollback refused, nothing was changed: dpkg reports unfinished packages/);
+    // The administrator fixes the cause and lets dpkg finish; the undo then completes live.
+    await rm(join(m.root, 'etc/demo-a.fail'));
+    dpkgRoot(m.root, ['--configure', '-a']);
+    expect(await m.json<{ outcome: string }>(['rollback', '--live'])).toMatchObject({ outcome: 'rolled-back-live' });
+    expect(packageList(m.root)).toEqual(list1);
     expect(await m.json<Status>(['status'])).toMatchObject({ runningVersion: 1, needsReboot: null });
   }, 300_000);
 });
