@@ -82,6 +82,7 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
 
   it('after a replay 1 → 2, goes back to exactly 1 without a reboot; 1 boots next, 2 is held back', async () => {
     const dir = await tmp();
+    await mkdir(join(dir, 'agent.d'));
     const { m, list1, list2 } = await world(dir);
     const applied = await m.json<{ outcome: string; version: number }>(['update', '--apply-live']);
     expect(applied).toMatchObject({ outcome: 'applied-live', version: 2 });
@@ -126,8 +127,25 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     const again = await m.ctl(['rollback', '--live']);
     expect(again.stderr).toMatch(/LIVE_APPLY_REFUSED: .*nothing was applied live in this boot/);
 
+    // Scheduled checks (policy `live`) neither try nor replay 2 again: every 2 s for a while.
+    const checks = async () => (await m.json<History[]>(['history'])).filter((h) => h.kind === 'check').length;
+    const before = await checks();
+    await writeFile(join(dir, 'agent.d', '60-often.json'), JSON.stringify({ schedule: '*/2 * * * * *', jitterSeconds: 0 }));
+    for (let i = 0; i < 100 && (await checks()) < before + 3; i++) await new Promise((res) => setTimeout(res, 200));
+    expect(await checks()).toBeGreaterThanOrEqual(before + 3);
+    expect(packageList(m.root)).toEqual(list1);
+    expect(await m.json<Status>(['status'])).toMatchObject({ runningVersion: 1, stagedVersion: null });
+    expect(grubenv(m.boot).liveup_try_version).toBeUndefined();
+    await rm(join(dir, 'agent.d', '60-often.json'));
+
     // An explicit update lifts the hold: 2 replays again on top of the rolled-back system.
-    const reapplied = await m.json<{ outcome: string; version: number }>(['update', '--apply-live']);
+    let reapplied = { outcome: '', version: 0 };
+    for (let i = 0; i < 20; i++) {
+      const u = await m.ctl(['update', '--apply-live', '--json']);
+      if (u.code === 0) { reapplied = JSON.parse(u.stdout) as typeof reapplied; break; }
+      expect(u.stderr).toMatch(/UPDATE_IN_PROGRESS/); // a scheduled check still running
+      await new Promise((res) => setTimeout(res, 500));
+    }
     expect(reapplied).toMatchObject({ outcome: 'applied-live', version: 2 });
     expect(packageList(m.root)).toEqual(list2);
   }, 300_000);
