@@ -5,11 +5,13 @@
  * repacked from the squashfs (the overlay's lower layer) and reinstalled,
  * the new package removed — and the refusals, which change nothing.
  *
- * Generation 1: minbase + demo-a 1.0 (a postinst recording its version) +
- * demo-b 1.0 (a conffile). Generation 2: demo-a 2.0 (upgrade, with a new
- * dependency demo-lib: it can go only once demo-a 1.0 is back), demo-c (new,
- * depends on demo-a >= 2.0), demo-e (new, Breaks demo-a << 2.0: the
- * downgrade must deconfigure it before it is removed), demo-b removed. Needs root (mounts, dpkg --root).
+ * Generation 1: minbase + demo-a 1.0 (a postinst recording its version,
+ * failing on request) + demo-b 1.0 (a conffile). Generation 2: demo-a 2.0
+ * (upgrade, with a new dependency demo-lib: it can go only once demo-a 1.0
+ * is back), demo-c (new, depends on demo-a >= 2.0), demo-e (new, Breaks
+ * demo-a << 2.0: it must be gone before demo-a 1.0 is configured), demo-b
+ * removed. A second world splits demo-f into demo-f + demo-f-data.
+ * Needs root (mounts, dpkg --root).
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
@@ -113,7 +115,7 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     expect(readFileSync(join(m.root, 'usr/share/demo-b/data'), 'utf8')).toBe('b\n');
     expect(readFileSync(join(m.root, 'etc/demo-b.conf'), 'utf8')).toBe('setting=1\n');
     expect(query(m.root, 'demo-b', '${Conffiles}')).toMatch(/\/etc\/demo-b\.conf [0-9a-f]{32}/);
-    // Ownership as in the image (no root-owner-group rewrite needed: the image's files are root's).
+    // Ownership and mode as in the image.
     expect(execFileSync('stat', ['-c', '%u:%g %a', join(m.root, 'usr/bin/demo-a')]).toString()).toBe(execFileSync('stat', ['-c', '%u:%g %a', join(m.lower, 'usr/bin/demo-a')]).toString());
 
     // The machine says it runs 1 again; no reboot is needed; 1 boots next with no trial of 2 armed.
