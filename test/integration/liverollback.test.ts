@@ -46,8 +46,12 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     const dir = join(tmpdir(), `liveup-rollback-debs-${process.pid}`);
     await mkdir(dir, { recursive: true });
     const pkgs: Pkg[] = [
-      // Its postinst fails while /etc/demo-a.fail exists: a maintainer script failing mid-rollback.
-      { name: 'demo-a', version: '1.0', postinst: 'if [ -e /etc/demo-a.fail ]; then exit 1; fi\necho 1.0 > /var/lib/demo-a.version', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 1.0\n'] },
+      // Its postinst fails while /etc/demo-a.fail exists (a maintainer script failing mid-rollback), and
+      // sleeps while /etc/demo-a.slow exists (to be killed in).
+      {
+        name: 'demo-a', version: '1.0', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 1.0\n'],
+        postinst: 'if [ -e /etc/demo-a.fail ]; then exit 1; fi\nif [ -e /etc/demo-a.slow ]; then touch /var/lib/demo-a.started; sleep 4; fi\necho 1.0 > /var/lib/demo-a.version',
+      },
       { name: 'demo-a', version: '2.0', depends: 'demo-lib', postinst: 'echo 2.0 > /var/lib/demo-a.version', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 2.0\n'] },
       { name: 'demo-b', version: '1.0', conffile: ['etc/demo-b.conf', 'setting=1\n'], file: ['usr/share/demo-b/data', 'b\n'] },
       { name: 'demo-c', version: '1.0', depends: 'demo-a (>= 2.0)', file: ['usr/bin/demo-c', '#!/bin/sh\necho c\n'] },
@@ -252,5 +256,32 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     expect(await m.json<{ outcome: string }>(['rollback', '--live'])).toMatchObject({ outcome: 'rolled-back-live' });
     expect(packageList(m.root)).toEqual(list1);
     expect(await m.json<Status>(['status'])).toMatchObject({ runningVersion: 1, needsReboot: null });
+  }, 300_000);
+
+  it('kill -9 during the undo: recovered at start, dpkg finished, needs reboot into the booted generation', async () => {
+    const dir = await tmp();
+    const { m, list1 } = await world(dir);
+    expect(await m.json<{ outcome: string }>(['update', '--apply-live'])).toMatchObject({ outcome: 'applied-live' });
+    await writeFile(join(m.root, 'etc/demo-a.slow'), '');
+
+    const undo = m.ctl(['rollback', '--live']);
+    for (let i = 0; i < 600 && !existsSync(join(m.root, 'var/lib/demo-a.started')); i++) await new Promise((res) => setTimeout(res, 50));
+    expect(existsSync(join(m.root, 'var/lib/demo-a.started'))).toBe(true);
+    await m.kill();
+    expect((await undo).code).not.toBe(0);
+    await rm(join(m.root, 'etc/demo-a.slow'));
+
+    await m.start();
+    // dpkg was asked to finish at start: demo-a 1.0 configured, the package set is generation 1's.
+    expect(execFileSync('dpkg', ['--root', m.root, '--audit']).toString()).toBe('');
+    expect(readFileSync(join(m.root, 'var/lib/demo-a.version'), 'utf8')).toBe('1.0\n');
+    expect(packageList(m.root)).toEqual(list1);
+    const s = await m.json<Status>(['status']);
+    expect(s.needsReboot).toMatchObject({ version: 1 });
+    expect(s.needsReboot!.reason).toMatch(/live rollback to 1 .*was interrupted/);
+    expect(s.stagedVersion).toBeNull();
+    const history = await m.json<History[]>(['history']);
+    expect(history.find((h) => h.kind === 'rollback')).toMatchObject({ status: 'failed' });
+    expect(history.some((h) => h.kind === 'recovery' && /live rollback to 1 .*was interrupted/.test(h.message ?? ''))).toBe(true);
   }, 300_000);
 });
