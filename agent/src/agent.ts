@@ -37,7 +37,7 @@ import type { RebootStrategy } from './config.js';
 import { liveApply, needsReboot, recoverInterruptedApply, runningVersion } from './liveapply.js';
 import { liveRollback } from './liverollback.js';
 import { liveRollbackRefusal } from './core/liveundo.js';
-import { fileOwners, repackFromRoot, type Repacked } from './adapters/repack.js';
+import { fileOwners, installedIn, repackFromRoot, type Repacked } from './adapters/repack.js';
 import { createDpkg } from './adapters/dpkg.js';
 import { scanProcesses } from './adapters/procs.js';
 import { createSystemd } from './adapters/systemd.js';
@@ -874,6 +874,7 @@ export class Agent implements AgentApi {
         dpkg: this.#dpkg(),
         journal: this.#journal,
         bootedList,
+        imageList: () => installedIn(this.#config.liveLowerDir),
         repack: async (pkgs) => {
           await rm(outDir, { recursive: true, force: true });
           await ensureDir(outDir);

@@ -7,7 +7,8 @@
  *
  * The same rules as the forward replay (liveapply.ts), in the same order:
  * 1. Refuse before any change (LIVE_APPLY_REFUSED): dpkg consistent
- *    (`--audit`); every package to reinstall repacked; none of their files
+ *    (`--audit`); the lower layer is the booted image (its installed set is
+ *    the booted packages.json); every package to reinstall repacked; none of their files
  *    owned now by a package that stays (a file the replay moved to a package
  *    the rollback removes is taken over — `--force-overwrite`, and unpacked
  *    again after that package's removal deleted it); dpkg simulates the
@@ -45,6 +46,8 @@ export interface LiveRollbackDeps extends Pick<LiveApplyDeps, 'processes' | 'sys
   readonly journal: Journal;
   /** The booted generation's packages.json (name → version). */
   readonly bootedList: Readonly<Record<string, string>>;
+  /** What the booted image (the overlay's lower layer) has installed, or null when it has no dpkg status. */
+  imageList(): Promise<Readonly<Record<string, string>> | null>;
   /** Repack the booted versions from the booted image: package → .deb and its files. Throws LIVE_APPLY_REFUSED when one cannot be. */
   repack(pkgs: readonly Reinstall[]): Promise<Map<string, Repacked>>;
   /** path → owning packages, on the running system (`now`) and in the booted image (`booted`), for these paths. */
@@ -77,6 +80,10 @@ export async function liveRollback(booted: number, from: number, deps: LiveRollb
   const installed = Object.fromEntries((await dpkg.installed()).filter(isInstalled).map((p) => [p.name, p.version]));
   const changes = inverseChanges(deps.bootedList, installed);
   const reboot = `a reboot is needed: \`agentctl rollback ${booted} --now\``;
+  // The packages come from the lower layer: it must be the booted generation's image (after a soft-reboot, say, it may not be).
+  const image = await deps.imageList();
+  const notImage = image === null ? 'it has no dpkg status file' : describeDrift(packageDrift(Object.entries(image).map(([name, version]) => ({ name, version, status: 'ii' })), deps.bootedList));
+  if (notImage) refuse(`the booted image (liveLowerDir) is not generation ${booted}'s: ${notImage}; ${reboot}`);
   let repacked = new Map<string, Repacked>();
   try {
     repacked = await deps.repack(changes.reinstall);

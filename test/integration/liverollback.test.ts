@@ -181,19 +181,27 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     expect(history.some((h) => h.kind === 'rollback')).toBe(false);
   }, 300_000);
 
-  it('refuses before any change when the booted packages cannot be repacked from the image, and says a reboot is needed', async () => {
+  it('refuses before any change when the image at liveLowerDir is not the booted one, or missing, and says a reboot is needed', async () => {
     const dir = await tmp();
-    // The booted image is not where the configuration says (not live-boot, say): nothing can be repacked.
+    // liveLowerDir names another generation's image (what a stale mount after a soft-reboot would be): generation 2's squashfs.
+    const stale = join(dir, 'stale-lower');
     await mkdir(join(dir, 'agent.d'));
-    await writeFile(join(dir, 'agent.d', '50-lower.json'), JSON.stringify({ liveLowerDir: join(dir, 'not-the-image') }));
+    await writeFile(join(dir, 'agent.d', '50-lower.json'), JSON.stringify({ liveLowerDir: stale }));
     const { m, list2 } = await world(dir);
+    await mkdir(stale);
+    execFileSync('mount', ['-t', 'squashfs', '-o', 'loop,ro', join(dir, 'repo', 'generations', '2', 'filesystem.squashfs'), stale]);
+    cleanups.push(() => { try { execFileSync('umount', ['-l', stale]); } catch { /* the test unmounted it */ } });
     expect(await m.json<{ outcome: string }>(['update', '--apply-live'])).toMatchObject({ outcome: 'applied-live' });
     const envBefore = grubenv(m.boot);
     const cfgBefore = readFileSync(join(m.boot, 'grub', 'grub.cfg'), 'utf8');
 
+    const wrong = await m.ctl(['rollback', '--live']);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toMatch(/LIVE_APPLY_REFUSED: live rollback refused, nothing was changed: the booted image \(liveLowerDir\) is not generation 1's: missing demo-b; not in the generation demo-c, demo-e, demo-lib; other versions demo-a 2\.0 \(expected 1\.0\); a reboot is needed/);
+    execFileSync('umount', [stale]);
     const r = await m.ctl(['rollback', '--live']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/LIVE_APPLY_REFUSED: live rollback refused, nothing was changed: cannot repack demo-a 1\.0 from .*not-the-image: no dpkg status file .*; a reboot is needed: `agentctl rollback 1 --now`/);
+    expect(r.stderr).toMatch(/LIVE_APPLY_REFUSED: live rollback refused, nothing was changed: the booted image \(liveLowerDir\) is not generation 1's: it has no dpkg status file; a reboot is needed: `agentctl rollback 1 --now`/);
     expect(packageList(m.root)).toEqual(list2);
     expect(execFileSync('chroot', [m.root, '/usr/bin/demo-a']).toString()).toBe('a 2.0\n');
     // The boot side is untouched too: 2 is still what boots next.

@@ -146,6 +146,19 @@ export async function repackFromRoot(pkg: string, version: string, o: RepackOpti
   return { deb: out, files };
 }
 
+/** name → version of what `root`'s dpkg status says is installed, or null without a status file. */
+export async function installedIn(root: string): Promise<Record<string, string> | null> {
+  const status = await readFile(join(root, 'var/lib/dpkg/status'), 'utf8').catch(() => null);
+  if (status === null) return null;
+  const out: Record<string, string> = {};
+  for (const s of parseStanzas(status)) {
+    const name = fieldOf(s, 'Package');
+    const version = fieldOf(s, 'Version');
+    if (name && version !== undefined && / installed$/.test(fieldOf(s, 'Status') ?? '')) out[name] = version;
+  }
+  return out;
+}
+
 /** dpkg's name for an info file's package: `libc6:amd64.list` → `libc6`. */
 const ownerOf = (listFile: string): string => listFile.slice(0, -'.list'.length).replace(/:[a-z0-9]+$/, '');
 
