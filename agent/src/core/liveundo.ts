@@ -39,8 +39,6 @@ export function inverseChanges(booted: Readonly<Record<string, string>>, install
   return { remove, reinstall };
 }
 
-export const isEmpty = (c: InverseChanges): boolean => c.remove.length === 0 && c.reinstall.length === 0;
-
 export interface LiveRollbackSituation {
   /** The generation the machine booted (the overlay's lower layer). */
   readonly booted: number | null;
