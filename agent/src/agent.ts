@@ -6,7 +6,7 @@
  * things and the journal: a row marks each step before it starts, so a crash
  * at any point is visible and reconciled at the next start.
  */
-import { mkdir, readFile, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
+import { lstat, mkdir, readFile, readdir, rename, rm, stat, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fetchVerifiedIndex, fetchVerifiedManifest } from './channel/client.js';
 import { LiveupError, toLiveupError, type ErrorCode } from './channel/errors.js';
@@ -35,6 +35,9 @@ import { windowState } from './core/window.js';
 import { rolloutTurn } from './core/rollout.js';
 import type { RebootStrategy } from './config.js';
 import { liveApply, needsReboot, recoverInterruptedApply, runningVersion } from './liveapply.js';
+import { liveRollback } from './liverollback.js';
+import { liveRollbackRefusal } from './core/liveundo.js';
+import { fileOwners, installedIn, repackFromRoot, type Repacked } from './adapters/repack.js';
 import { createDpkg } from './adapters/dpkg.js';
 import { scanProcesses } from './adapters/procs.js';
 import { createSystemd } from './adapters/systemd.js';
@@ -266,9 +269,17 @@ export class Agent implements AgentApi {
     this.events.emitStateChanged(this.properties());
   }
 
-  /** The newest staged generation that is neither booted nor failed: what the next boot tries. */
+  /**
+   * The newest staged generation that is neither booted nor failed: what the
+   * next boot tries, and what a live replay would bring. One a rollback held
+   * back (`rollback-hold`, cleared by an explicit `agentctl update`) is
+   * not: after `rollback --live` the rolled-back-from generation is still
+   * `staged` in the journal, and must neither boot next nor be replayed again
+   * by the next scheduled check.
+   */
   #stagedNext(): number | null {
-    const gens = this.#journal.listGenerations().filter((g) => g.state === 'staged' && g.version !== this.#booted);
+    const hold = Number(this.#journal.getSetting('rollback-hold') ?? 0);
+    const gens = this.#journal.listGenerations().filter((g) => g.state === 'staged' && g.version !== this.#booted && g.version > hold);
     return gens.length ? Math.max(...gens.map((g) => g.version)) : null;
   }
 
@@ -809,6 +820,8 @@ export class Agent implements AgentApi {
   // ---------------------------------------------------------------- rollback, pin
 
   async rollback(version: number | null, opts: RollbackOptions): Promise<UpdateResult> {
+    if (opts.live && opts.now) throw new LiveupError('INVALID_ARGUMENT', '--live and --now exclude each other: --live rolls back without a reboot, --now reboots');
+    if (opts.live) return this.#rollbackLive(version);
     const cur = await this.#current();
     if (this.#booted === null) throw new LiveupError('UNKNOWN_GENERATION', 'the running system is not a liveup generation: nothing to roll back from');
     const target = chooseRollbackTarget(
@@ -842,6 +855,77 @@ export class Agent implements AgentApi {
       outcome: 'rollback-staged',
       message: `generation ${target.version} boots next; reboot to switch (or agentctl rollback --now)`,
     };
+  }
+
+  /**
+   * `rollback --live`: back to the booted generation without a reboot, after
+   * live replays in this boot (liverollback.ts). Before the first dpkg run
+   * the boot side is made to agree — the booted generation is the default,
+   * no trial is armed, and newer generations are held back exactly as by a
+   * reboot rollback — so a reboot at any later point gives the same system.
+   */
+  async #rollbackLive(version: number | null): Promise<UpdateResult> {
+    const booted = this.#booted;
+    const from = this.#running();
+    const refusal = liveRollbackRefusal({ booted, running: from, failedReplay: needsReboot(this.#journal, this.#bootId)?.version ?? null, requested: version });
+    if (refusal !== null || booted === null || from === null) {
+      throw new LiveupError('LIVE_APPLY_REFUSED', `live rollback refused, nothing was changed: ${refusal ?? 'the running generation is unknown'}`, { version: version ?? 0 });
+    }
+    const text = await readFile(join(this.#config.bootDir, 'live', String(booted), 'packages.json'), 'utf8').catch(() => null);
+    if (text === null) {
+      throw new LiveupError('LIVE_APPLY_REFUSED', `live rollback refused, nothing was changed: generation ${booted} has no packages.json on the boot medium; \`agentctl rollback ${booted} --now\` reboots into it`, { version: booted });
+    }
+    const bootedList = (JSON.parse(text) as { packages: Record<string, string> }).packages;
+    const outDir = join(this.#config.stateDir, 'rollback-debs');
+    this.#setState('applying');
+    try {
+      const r = await liveRollback(booted, from, {
+        dpkg: this.#dpkg(),
+        journal: this.#journal,
+        bootedList,
+        imageList: () => installedIn(this.#config.liveLowerDir),
+        repack: async (pkgs) => {
+          await rm(outDir, { recursive: true, force: true });
+          await ensureDir(outDir);
+          const debs = new Map<string, Repacked>();
+          for (const [i, p] of pkgs.entries()) {
+            this.events.emitProgress({ step: 'repack', done: i, total: pkgs.length });
+            debs.set(p.package, await repackFromRoot(p.package, p.version, { root: this.#config.liveLowerDir, outDir }));
+          }
+          return debs;
+        },
+        missing: async (paths) => {
+          const gone: string[] = [];
+          for (const p of paths) if (!(await lstat(join(this.#config.liveRoot, p)).then(() => true, () => false))) gone.push(p);
+          return gone;
+        },
+        fileOwners: async (paths) => ({ now: await fileOwners(this.#config.liveRoot, paths), booted: await fileOwners(this.#config.liveLowerDir, paths) }),
+        armBoot: async () => {
+          const cur = await this.#current();
+          this.#journal.setSetting('rollback-hold', String(Math.max(booted, from, ...cur.present)));
+          await this.#writeMenu(null, booted);
+        },
+        processes: () => (this.#config.liveRoot === '/' ? scanProcesses() : Promise.resolve([])),
+        systemd: this.#config.liveRoot === '/' ? createSystemd('system') : null,
+        selfUnit: SELF_UNIT,
+        bootId: this.#bootId,
+        log: this.#log,
+        onProgress: (step, done, total) => this.events.emitProgress({ step, done, total }),
+      });
+      this.#decision = null;
+      const extra = [
+        r.restarted.length ? `restarted ${r.restarted.map((x) => `${x.unit} (${x.result})`).join(', ')}` : 'no service needed a restart',
+        ...(r.needsReboot.length ? [`a reboot is still needed for: ${r.needsReboot.join('; ')}`] : []),
+      ];
+      return {
+        version: booted,
+        outcome: 'rolled-back-live',
+        message: `rolled back live from ${from} to the booted generation ${booted} (${r.changes.reinstall.length} reinstalled, ${r.changes.remove.length} removed); ${extra.join('; ')}; ${booted} boots next, newer generations are held until \`agentctl update\``,
+      };
+    } finally {
+      await rm(outDir, { recursive: true, force: true }).catch(() => undefined);
+      this.#setState(this.#stagedNext() ? 'staged' : 'idle');
+    }
   }
 
   async pin(version: number): Promise<void> {
@@ -995,7 +1079,7 @@ export class Agent implements AgentApi {
 
   async history(limit: number | null): Promise<HistoryEntry[]> {
     const kinds: Record<string, HistoryKind> = {
-      check: 'check', fetch: 'update', stage: 'update', 'menu-write': 'update', 'live-replay': 'apply', kexec: 'apply', reboot: 'apply',
+      check: 'check', fetch: 'update', stage: 'update', 'menu-write': 'update', 'live-replay': 'apply', 'live-rollback': 'rollback', kexec: 'apply', reboot: 'apply',
       rollback: 'rollback', gc: 'gc', 'gc-removed': 'gc', 'boot-check': 'boot', pinned: 'pin', unpinned: 'unpin',
       decision: 'decision', reconciled: 'recovery',
     };

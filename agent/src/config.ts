@@ -145,6 +145,12 @@ export interface AgentConfig {
    * root dpkg works on with --root; no process runs from it, so nothing is restarted.
    */
   readonly liveRoot: string;
+  /**
+   * The booted image, read-only: the overlay's lower layer (default
+   * `/run/live/rootfs/filesystem.squashfs`, where live-boot mounts it).
+   * `agentctl rollback --live` repacks the booted generation's packages from it.
+   */
+  readonly liveLowerDir: string;
   /** Absent: the machine reports nowhere and takes no fleet reboot slot. */
   readonly fleet?: FleetConfig;
   /** Where the machine's id is read: fleet reports and rollout buckets (default /etc/machine-id). */
@@ -169,7 +175,7 @@ export interface LoadedConfig {
 const TOP_KEYS = [
   'channel', 'mirrors', 'credentials', 'keyring', 'threshold', 'architecture', 'schedule', 'jitterSeconds',
   'maintenanceWindows', 'timeZone', 'rebootStrategy', 'keep', 'grubVerify', 'bootDir', 'stateDir', 'inboxDir',
-  'freeSpaceReserveMB', 'fetch', 'dbus', 'grubEditenv', 'liveRoot', 'fleet', 'machineIdFile',
+  'freeSpaceReserveMB', 'fetch', 'dbus', 'grubEditenv', 'liveRoot', 'liveLowerDir', 'fleet', 'machineIdFile',
 ] as const;
 
 const DEFAULT_SCHEDULE = '0 */4 * * *';
@@ -409,6 +415,7 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
     grubVerify: o.grubVerify === undefined ? 'off' : r.oneOf(o, 'grubVerify', '', BOOT_VERIFY_MODES),
     bootDir: optAbsPath(o, 'bootDir', '') ?? '/run/liveup/boot',
     liveRoot: optAbsPath(o, 'liveRoot', '') ?? '/',
+    liveLowerDir: optAbsPath(o, 'liveLowerDir', '') ?? '/run/live/rootfs/filesystem.squashfs',
     machineIdFile: optAbsPath(o, 'machineIdFile', '') ?? '/etc/machine-id',
     stateDir,
     inboxDir: optAbsPath(o, 'inboxDir', '') ?? joinPath(stateDir, 'inbox'),

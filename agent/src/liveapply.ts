@@ -29,7 +29,7 @@ import type { Dpkg } from './adapters/dpkg.js';
 import { describeDrift, packageDrift } from './adapters/dpkg.js';
 import type { Journal } from './adapters/journal.js';
 import type { JobResult, Systemd } from './adapters/systemd.js';
-import { chainProblem, replaySteps, restartPlan, type ProcessInfo, type ReplayLink } from './core/liveapply.js';
+import { chainProblem, replaySteps, restartPlan, type ProcessInfo, type ReplayLink, type RestartPlan } from './core/liveapply.js';
 import type { Logger } from './util/log.js';
 
 export const SETTING_PENDING = 'live-apply-pending';
@@ -64,7 +64,11 @@ export interface LiveApplyResult {
   readonly restartSelf: boolean;
 }
 
-interface Pending { readonly target: number; readonly chain: readonly number[]; readonly bootId: string; readonly started: string }
+/**
+ * The marker written before the first dpkg run. `kind` 'rollback': a live
+ * rollback to the booted generation `target` (absent in markers of older agents: a replay).
+ */
+export interface Pending { readonly target: number; readonly chain: readonly number[]; readonly bootId: string; readonly started: string; readonly kind?: 'replay' | 'rollback' }
 
 /** The generation this boot runs: the booted one, or a newer one a live replay converged to in this boot. */
 export function runningVersion(journal: Journal, booted: number | null, bootId: string): number | null {
@@ -81,6 +85,20 @@ export function needsReboot(journal: Journal, bootId: string): { version: number
   if (!raw) return null;
   const n = JSON.parse(raw) as { version: number; reason: string; bootId: string };
   return n.bootId === bootId ? { version: n.version, reason: n.reason } : null;
+}
+
+/**
+ * Restart the services whose processes map one of `changedFiles` (the files
+ * the changed packages own, before and after), through systemd; what a
+ * restart cannot renew is in `plan.needsReboot`. Shared by the replay and the
+ * live rollback.
+ */
+export async function restartAffected(changedFiles: ReadonlySet<string>, deps: Pick<LiveApplyDeps, 'processes' | 'systemd' | 'selfUnit'>): Promise<{
+  plan: RestartPlan; restarted: JobResult[]; failedRestarts: JobResult[];
+}> {
+  const plan = restartPlan(await deps.processes(), changedFiles, deps.selfUnit);
+  const restarted = deps.systemd && plan.restart.length ? await deps.systemd.restartUnits(plan.restart) : [];
+  return { plan, restarted, failedRestarts: restarted.filter((r) => r.result !== 'done') };
 }
 
 async function readyDebs(chain: readonly VerifiedManifest[], deps: LiveApplyDeps): Promise<Map<string, string>> {
@@ -158,9 +176,7 @@ export async function liveApply(running: number | null, chain: readonly Verified
     deps.onProgress?.('live-replay', steps.length, steps.length);
 
     // 4. Restarts.
-    const plan = restartPlan(await deps.processes(), changedFiles, deps.selfUnit);
-    const restarted = deps.systemd && plan.restart.length ? await deps.systemd.restartUnits(plan.restart) : [];
-    const failedRestarts = restarted.filter((r) => r.result !== 'done');
+    const { plan, restarted, failedRestarts } = await restartAffected(changedFiles, deps);
 
     // 5. Convergence.
     if (targetList) {
@@ -208,7 +224,7 @@ export async function recoverInterruptedApply(deps: Pick<LiveApplyDeps, 'dpkg' |
   } else {
     detail = '; the machine rebooted since, so it runs a clean image';
   }
-  const message = `live replay to ${p.target} (started ${p.started}) was interrupted${detail}`;
+  const message = `live ${p.kind === 'rollback' ? 'rollback' : 'replay'} to ${p.target} (started ${p.started}) was interrupted${detail}`;
   if (p.bootId === deps.bootId) {
     deps.journal.setSetting(SETTING_NEEDS_REBOOT, JSON.stringify({ version: p.target, reason: message, bootId: deps.bootId }));
   }

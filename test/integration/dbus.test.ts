@@ -181,6 +181,7 @@ describe('org.liveup.Agent1 over a private bus', () => {
     expect(await c.update({ applyLive: true })).toEqual({ version: 14, outcome: 'staged', message: 'staged 14' });
     expect(await c.rollback(null, { now: true })).toMatchObject({ version: 11, outcome: 'rollback-staged' });
     expect(await c.rollback(11)).toMatchObject({ version: 11 });
+    expect(await c.rollback(null, { live: true })).toMatchObject({ version: 11 });
     await c.pin(11);
     await c.unpin(11);
     expect(await c.listGenerations()).toEqual(GENS);
@@ -194,6 +195,7 @@ describe('org.liveup.Agent1 over a private bus', () => {
       ['update', { downloadOnly: false, applyLive: true, applyNow: false }],
       ['rollback', null, { now: true }],
       ['rollback', 11, { now: false }],
+      ['rollback', null, { now: false, live: true }],
       ['pin', 11],
       ['unpin', 11],
       ['listGenerations'],

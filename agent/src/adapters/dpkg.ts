@@ -81,6 +81,25 @@ export function describeDrift(d: ReturnType<typeof packageDrift>): string | null
   return parts.length ? parts.join('; ') : null;
 }
 
+export interface InstallHow {
+  /**
+   * Unpack only (`--unpack`), configure later (`configurePending`): a live
+   * rollback puts the booted versions in place, removes what the booted
+   * image did not have, and only then configures — so neither a package the
+   * replay installed that Breaks an old version, nor a new dependency of a
+   * newer version, stands in the way.
+   */
+  readonly unpackOnly?: boolean;
+  /**
+   * Let a package take over files another package owns (`--force-overwrite`):
+   * only when the caller has checked every such file belongs to a package it
+   * removes next (a live rollback undoing a package split).
+   */
+  readonly forceOverwrite?: boolean;
+}
+
+const installFlags = (how: InstallHow): string[] => [...(how.forceOverwrite ? ['--force-overwrite'] : []), how.unpackOnly ? '--unpack' : '-i'];
+
 export function createDpkg(o: DpkgOptions) {
   const runner = o.runner ?? defaultRun;
   const root = ['--root', o.root];
@@ -110,9 +129,10 @@ export function createDpkg(o: DpkgOptions) {
       return (await dpkg(['--audit'], 60_000)).stdout.trim();
     },
     /** Would installing these .debs (in one dpkg run) succeed? Throws LIVE_APPLY_FAILED with dpkg's words otherwise. */
-    simulateInstall: (debs: readonly string[]) => wrap('simulated install', () => dpkg(['--simulate', ...CONF, '-i', ...debs], 120_000)).then(() => undefined),
+    simulateInstall: (debs: readonly string[], how: InstallHow = {}) =>
+      wrap('simulated install', () => dpkg(['--simulate', ...CONF, ...installFlags(how), ...debs], 120_000)).then(() => undefined),
     simulateRemove: (pkgs: readonly string[]) => wrap('simulated removal', () => dpkg(['--simulate', '--remove', ...pkgs], 120_000)).then(() => undefined),
-    install: (debs: readonly string[]) => wrap('install', () => dpkg([...CONF, '-i', ...debs])).then(() => undefined),
+    install: (debs: readonly string[], how: InstallHow = {}) => wrap(how.unpackOnly ? 'unpack' : 'install', () => dpkg([...CONF, ...installFlags(how), ...debs])).then(() => undefined),
     remove: (pkgs: readonly string[]) => wrap('removal', () => dpkg(['--remove', ...pkgs])).then(() => undefined),
     /** The recovery after an interrupted run: finish configuring whatever was unpacked. */
     configurePending: () => wrap('dpkg --configure -a', () => dpkg([...CONF, '--configure', '-a'])).then(() => undefined),

@@ -24,7 +24,7 @@ export const GENERATION_STATES = ['available', 'downloading', 'staged', 'booted'
 export type GenerationState = (typeof GENERATION_STATES)[number];
 
 /** Steps: begun with `beginStep`, closed with `endStep`. */
-export const STEP_KINDS = ['check', 'fetch', 'stage', 'menu-write', 'live-replay', 'kexec', 'reboot', 'rollback', 'gc', 'boot-check', 'report'] as const;
+export const STEP_KINDS = ['check', 'fetch', 'stage', 'menu-write', 'live-replay', 'live-rollback', 'kexec', 'reboot', 'rollback', 'gc', 'boot-check', 'report'] as const;
 export type StepKind = (typeof STEP_KINDS)[number];
 /** Instantaneous events, recorded with `event`. */
 export const POINT_KINDS = ['state-changed', 'pinned', 'unpinned', 'floor-reset', 'gc-removed', 'config-reloaded', 'reconciled', 'decision', 'error'] as const;

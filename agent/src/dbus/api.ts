@@ -99,6 +99,12 @@ export interface UpdateOptions {
 export interface RollbackOptions {
   /** Switch now (kexec, or reboot) instead of at the next boot. */
   now: boolean;
+  /**
+   * Go back to the booted generation without a reboot, undoing this boot's
+   * live replays (refused with LIVE_APPLY_REFUSED otherwise). Excludes `now`.
+   * Optional for older clients.
+   */
+  live?: boolean;
 }
 
 export interface UpdateResult {
@@ -109,9 +115,10 @@ export interface UpdateResult {
    * - `staged`: on the medium, boots next time;
    * - `applied-live`: running now without a reboot;
    * - `reboot-scheduled` / `kexec-scheduled`: will switch at the given time;
-   * - `rollback-staged`: the rollback target boots next time.
+   * - `rollback-staged`: the rollback target boots next time;
+   * - `rolled-back-live`: the booted generation runs again, without a reboot.
    */
-  outcome: 'up-to-date' | 'staged' | 'applied-live' | 'reboot-scheduled' | 'kexec-scheduled' | 'rollback-staged';
+  outcome: 'up-to-date' | 'staged' | 'applied-live' | 'reboot-scheduled' | 'kexec-scheduled' | 'rollback-staged' | 'rolled-back-live';
   /** Set when the switch is scheduled rather than done. */
   at?: Timestamp | null;
   message: string;

@@ -157,7 +157,7 @@ export async function connectAgent(opts: { bus: BusSpec; connectTimeoutMs?: numb
     getStatus: () => callJson('GetStatus'),
     check: () => callJson('Check'),
     update: (o = {}) => callJson('Update', 'a{sv}', [boolVariants({ download_only: o.downloadOnly, apply_live: o.applyLive, apply_now: o.applyNow })]),
-    rollback: (v, o = {}) => callJson('Rollback', 'ta{sv}', [u64(v ?? 0, 'version'), boolVariants({ now: o.now })]),
+    rollback: (v, o = {}) => callJson('Rollback', 'ta{sv}', [u64(v ?? 0, 'version'), boolVariants({ now: o.now, live: o.live })]),
     listGenerations: () => callJson('ListGenerations'),
     history: (limit) => {
       if (limit !== null && (limit > 0xffffffff || limit < 1)) throw new LiveupError('INVALID_ARGUMENT', `limit must be between 1 and ${0xffffffff}`);

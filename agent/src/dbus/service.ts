@@ -174,7 +174,8 @@ class Agent1 extends dbus.interface.Interface {
   Rollback(version: unknown, options: unknown): Promise<string> {
     return this.#core.mutate('Rollback', this.#caller(), async () => {
       const v = toVersion(version, 'version');
-      const opts: RollbackOptions = { now: boolOptions(options, ['now']).now };
+      const o = boolOptions(options, ['now', 'live']);
+      const opts: RollbackOptions = { now: o.now, ...(o.live ? { live: true } : {}) };
       return JSON.stringify(await this.#core.api.rollback(v === 0 ? null : v, opts));
     });
   }
