@@ -877,20 +877,22 @@ export class Agent implements AgentApi {
     }
     const bootedList = (JSON.parse(text) as { packages: Record<string, string> }).packages;
     const outDir = join(this.#config.stateDir, 'rollback-debs');
+    // The booted image: configured, else the lower layer of / (live-boot's, or the soft-reboot's).
+    const lower = this.#config.liveLowerDir ?? (this.#config.liveRoot === '/' ? await hostFacts.rootLowerDir() : null) ?? '/run/live/rootfs/filesystem.squashfs';
     this.#setState('applying');
     try {
       const r = await liveRollback(booted, from, {
         dpkg: this.#dpkg(),
         journal: this.#journal,
         bootedList,
-        imageList: () => installedIn(this.#config.liveLowerDir),
+        imageList: () => installedIn(lower),
         repack: async (pkgs) => {
           await rm(outDir, { recursive: true, force: true });
           await ensureDir(outDir);
           const debs = new Map<string, Repacked>();
           for (const [i, p] of pkgs.entries()) {
             this.events.emitProgress({ step: 'repack', done: i, total: pkgs.length });
-            debs.set(p.package, await repackFromRoot(p.package, p.version, { root: this.#config.liveLowerDir, outDir }));
+            debs.set(p.package, await repackFromRoot(p.package, p.version, { root: lower, outDir }));
           }
           return debs;
         },
@@ -899,7 +901,7 @@ export class Agent implements AgentApi {
           for (const p of paths) if (!(await lstat(join(this.#config.liveRoot, p)).then(() => true, () => false))) gone.push(p);
           return gone;
         },
-        fileOwners: async (paths) => ({ now: await fileOwners(this.#config.liveRoot, paths), booted: await fileOwners(this.#config.liveLowerDir, paths) }),
+        fileOwners: async (paths) => ({ now: await fileOwners(this.#config.liveRoot, paths), booted: await fileOwners(lower, paths) }),
         armBoot: async () => {
           const cur = await this.#current();
           this.#journal.setSetting('rollback-hold', String(Math.max(booted, from, ...cur.present)));

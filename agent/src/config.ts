@@ -146,11 +146,13 @@ export interface AgentConfig {
    */
   readonly liveRoot: string;
   /**
-   * The booted image, read-only: the overlay's lower layer (default
-   * `/run/live/rootfs/filesystem.squashfs`, where live-boot mounts it).
+   * The booted image, read-only: the overlay's lower layer. null (the default):
+   * the lower layer of the overlay mounted on `/` — live-boot's
+   * `/run/live/rootfs/filesystem.squashfs` after a boot, the agent's
+   * `/run/liveup/nextroot/lower` after a soft-reboot — else live-boot's path.
    * `agentctl rollback --live` repacks the booted generation's packages from it.
    */
-  readonly liveLowerDir: string;
+  readonly liveLowerDir: string | null;
   /** Absent: the machine reports nowhere and takes no fleet reboot slot. */
   readonly fleet?: FleetConfig;
   /** Where the machine's id is read: fleet reports and rollout buckets (default /etc/machine-id). */
@@ -415,7 +417,7 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
     grubVerify: o.grubVerify === undefined ? 'off' : r.oneOf(o, 'grubVerify', '', BOOT_VERIFY_MODES),
     bootDir: optAbsPath(o, 'bootDir', '') ?? '/run/liveup/boot',
     liveRoot: optAbsPath(o, 'liveRoot', '') ?? '/',
-    liveLowerDir: optAbsPath(o, 'liveLowerDir', '') ?? '/run/live/rootfs/filesystem.squashfs',
+    liveLowerDir: optAbsPath(o, 'liveLowerDir', '') ?? null,
     machineIdFile: optAbsPath(o, 'machineIdFile', '') ?? '/etc/machine-id',
     stateDir,
     inboxDir: optAbsPath(o, 'inboxDir', '') ?? joinPath(stateDir, 'inbox'),

@@ -59,7 +59,7 @@ describe('loadConfig', () => {
       fetch: { deadlineSeconds: 3600, minBytesPerSecond: 1024, retries: 5, backoffSeconds: 30 },
       dbus: 'system',
       grubEditenv: 'grub-editenv',
-      liveLowerDir: '/run/live/rootfs/filesystem.squashfs',
+      liveLowerDir: null,
     });
     expect(config.credentials).toBeUndefined();
     expect(typeof config.timeZone).toBe('string');

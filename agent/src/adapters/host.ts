@@ -68,3 +68,29 @@ export async function sessions(bus: BusSpec = 'system'): Promise<Sessions> {
     conn?.disconnect();
   }
 }
+
+/** mountinfo's octal escapes (\040 for a space, …) decoded. */
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/**
+ * The topmost lower layer of the overlay mounted on `/` (the read-only image
+ * the running system started from), or null when `/` is not an overlay.
+ * Read from mountinfo's super options; the last mount on `/` is the visible one.
+ */
+export async function rootLowerDir(mountinfo = '/proc/self/mountinfo'): Promise<string | null> {
+  const text = await readFile(mountinfo, 'utf8').catch(() => '');
+  let lower: string | null = null;
+  for (const line of text.split('\n')) {
+    const [pre, post] = line.split(' - ');
+    if (!pre || !post) continue;
+    if (pre.split(' ')[4] !== '/') continue;
+    const [fstype, , superOpts] = post.split(' ');
+    if (fstype !== 'overlay') { lower = null; continue; }
+    const m = /(?:^|,)lowerdir=([^,]*)/.exec(superOpts ?? '');
+    // Several lower layers are ':'-separated, topmost first; a literal ':' is escaped as '\:'.
+    lower = m ? unescapeMount(m[1]!.split(/(?<!\\):/)[0]!).replace(/\\:/g, ':') : null;
+  }
+  return lower;
+}

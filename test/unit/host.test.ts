@@ -1,0 +1,38 @@
+/** Host facts read from files: the overlay's lower layer on `/` (mountinfo). */
+import { describe, expect, it } from 'vitest';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { rootLowerDir } from '../../agent/src/adapters/host.js';
+
+function mountinfo(lines: string[]): string {
+  const f = join(mkdtempSync(join(tmpdir(), 'liveup-mountinfo-')), 'mountinfo');
+  writeFileSync(f, lines.join('\n') + '\n');
+  return f;
+}
+
+// As a live-boot machine shows it (Debian 13, trimmed).
+const LIVE_BOOT = '27 1 0:27 / / rw,noatime shared:1 - overlay overlay rw,lowerdir=/run/live/rootfs/filesystem.squashfs/,upperdir=/run/live/overlay/rw,workdir=/run/live/overlay/work,uuid=on';
+const RUN = '25 27 0:24 / /run rw,nosuid,nodev shared:5 - tmpfs tmpfs rw,size=403656k,mode=755';
+
+describe('rootLowerDir', () => {
+  it('is live-boot\'s squashfs mount after a boot', async () => {
+    expect(await rootLowerDir(mountinfo([LIVE_BOOT, RUN]))).toBe('/run/live/rootfs/filesystem.squashfs/');
+  });
+
+  it('is the agent\'s next-root lower after a soft-reboot (the root mounted last is the visible one)', async () => {
+    const soft = '310 1 0:61 / / rw,relatime shared:150 - overlay overlay rw,lowerdir=/run/liveup/nextroot/lower,upperdir=/run/liveup/nextroot/rw/upper,workdir=/run/liveup/nextroot/rw/work';
+    expect(await rootLowerDir(mountinfo([LIVE_BOOT, RUN, soft]))).toBe('/run/liveup/nextroot/lower');
+  });
+
+  it('takes the topmost of several lower layers, and decodes escapes', async () => {
+    const multi = '27 1 0:27 / / rw - overlay overlay rw,lowerdir=/run/a\\040b:/run/c,upperdir=/u,workdir=/w';
+    expect(await rootLowerDir(mountinfo([multi]))).toBe('/run/a b');
+  });
+
+  it('is null when / is not an overlay, or the file cannot be read', async () => {
+    expect(await rootLowerDir(mountinfo(['22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw,errors=remount-ro', RUN]))).toBeNull();
+    expect(await rootLowerDir(mountinfo([LIVE_BOOT, '40 1 254:1 / / rw - ext4 /dev/vda1 rw']))).toBeNull();
+    expect(await rootLowerDir('/nonexistent/mountinfo')).toBeNull();
+  });
+});
