@@ -77,36 +77,34 @@ async function main(): Promise<void> {
 
     log(`live apply of ${fiveMeta.changes.length} package change(s)…`);
     await publish(five);
-    let t0 = Date.now();
+    const t0 = Date.now();
     const applied = await vm.sh('agentctl update --apply-live --json', 900_000);
     const liveS = (Date.now() - t0) / 1000;
     if (applied.rc !== 0 || !/"applied-live"/.test(applied.out)) throw new Error(`live apply failed: ${applied.out}`);
 
     log('full reboot into the same generation…');
-    let mark = vm.console().length;
-    t0 = Date.now();
-    await vm.sh('systemctl reboot', 10_000).catch(() => undefined);
-    const rebootS = await checkPassed(vm, mark, t0);
-    await waitForShell(vm, mark);
+    /** Run `cmd` (it may never answer: the switch cuts it off); seconds until the boot check passed, and the console since. */
+    const switchBy = async (cmd: string): Promise<{ seconds: number; console: string }> => {
+      const mark = vm!.console().length;
+      const start = Date.now();
+      void vm!.sh(cmd, 900_000).catch(() => undefined);
+      const seconds = await checkPassed(vm!, mark, start);
+      await waitForShell(vm!, mark);
+      return { seconds, console: vm!.console().slice(mark) };
+    };
+    const rebootS = (await switchBy('systemctl reboot')).seconds;
 
     log('soft-reboot into the libc6 generation…');
     await publish(soft);
-    mark = vm.console().length;
-    t0 = Date.now();
-    void vm.sh('agentctl update --now', 900_000).catch(() => undefined);
-    const softS = await checkPassed(vm, mark, t0);
-    await waitForShell(vm, mark);
+    const softS = (await switchBy('agentctl update --now')).seconds;
     if ((await vm.sh('cat /run/liveup/booted')).out.trim() !== '3') throw new Error('the soft-reboot did not land on generation 3');
 
     log('kexec into the kernel generation…');
     await publish(kernel);
-    mark = vm.console().length;
-    t0 = Date.now();
-    void vm.sh('agentctl update --now', 900_000).catch(() => undefined);
-    const kexecS = await checkPassed(vm, mark, t0);
-    await waitForShell(vm, mark);
+    const kexec = await switchBy('agentctl update --now');
+    const kexecS = kexec.seconds;
     if (!/liveup\.generation=4\b/.test((await vm.sh('cat /proc/cmdline')).out)) throw new Error('kexec did not land on generation 4');
-    if (/SeaBIOS|GNU GRUB/.test(vm.console().slice(mark))) throw new Error('the kexec went through firmware');
+    if (/SeaBIOS|GNU GRUB/.test(kexec.console)) throw new Error('the kexec went through firmware');
 
     const rows = [
       { what: 'full reboot', seconds: rebootS },
