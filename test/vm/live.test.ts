@@ -330,7 +330,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect((await vm.sh('dpkg-query -W sl')).rc).not.toBe(0); // 3's clean image: nothing of the killed replay
     expect(await vm.sh('dpkg --audit')).toEqual({ out: '', rc: 0 });
     // The check's own words went to the journal; the history names the check that failed.
-    expect(await history()).toContainEqual(expect.objectContaining({ kind: 'boot-check', status: 'failed', version: 4, message: expect.stringMatching(/50-vm-fail-on-request/) }));
+    expect(await history()).toContainEqual(expect.objectContaining({ kind: 'boot', status: 'failed', version: 4, message: expect.stringMatching(/50-vm-fail-on-request/) }));
     expect(await statusJson()).toMatchObject({ bootedVersion: 3, lastGoodVersion: 3, needsReboot: null });
     const again = JSON.parse((await vm.sh('agentctl check --json', 120_000)).out.trim().split('\n').pop()!) as { updateAvailable: boolean; availableVersion: number };
     expect(again).toMatchObject({ availableVersion: 4, updateAvailable: false }); // a failed generation is not taken again
@@ -362,7 +362,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-boot-check')).out.trim() === 'activating'; i++) await new Promise((r) => setTimeout(r, 2000));
     expect((await vm.sh('systemctl is-active liveup-boot-check')).out.trim()).toBe('active');
     expect(await statusJson()).toMatchObject({ bootedVersion: 5, runningVersion: 5, lastGoodVersion: 5, needsReboot: null });
-    expect(await history()).toContainEqual(expect.objectContaining({ kind: 'reboot', status: 'succeeded', version: 5 }));
+    expect(await history()).toContainEqual(expect.objectContaining({ kind: 'apply', version: 5, message: expect.stringMatching(/soft-reboot into 5/) }));
     expect((await onEndpoint())!.machine.report).toMatchObject({ bootedVersion: 5, health: 'good' });
   }, 120 * 60_000);
 });
