@@ -356,8 +356,9 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect((await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim()).toBe(bootIdBefore);
     expect(await uptime()).toBeGreaterThan(uptimeBefore);
     expect((await vm.sh('cat /run/liveup/booted')).out.trim()).toBe('5');
-    // The visible root is the last mount on / in mountinfo (the old root stays mounted beneath it;
-    // findmnt shows that one first): an overlay on 5's squashfs at /run/liveup/nextroot/lower.
+    // The visible root (the last mount on / in mountinfo) is an overlay on 5's squashfs at
+    // /run/liveup/nextroot/lower — not live-boot's overlay, which a soft-reboot that restarted
+    // the old root (nextroot mounted where PID 1 could not see it) would leave.
     expect((await vm.sh(`awk '$5 == "/" { l = $0 } END { print l }' /proc/self/mountinfo`)).out).toMatch(/ - overlay overlay .*lowerdir=\/run\/liveup\/nextroot\/lower/);
     expect((await vm.sh("dpkg-query -W -f '${Version}' libc6")).out.trim()).toBe(libc6New);
     expect((await vm.sh('cat /etc/machine-id')).out.trim()).toBe(machineId); // the same machine
