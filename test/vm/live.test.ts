@@ -365,7 +365,8 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-boot-check')).out.trim() === 'activating'; i++) await new Promise((r) => setTimeout(r, 2000));
     expect((await vm.sh('systemctl is-active liveup-boot-check')).out.trim()).toBe('active');
     expect(await statusJson()).toMatchObject({ bootedVersion: 5, runningVersion: 5, lastGoodVersion: 5, needsReboot: null });
-    expect(await history()).toContainEqual(expect.objectContaining({ kind: 'apply', version: 5, message: expect.stringMatching(/soft-reboot into 5/) }));
+    // The switch is journalled (its step may end as the old userspace goes down, or be closed as interrupted by the new one).
+    expect(await history()).toContainEqual(expect.objectContaining({ kind: 'apply', version: 5 }));
     expect((await onEndpoint())!.machine.report).toMatchObject({ bootedVersion: 5, health: 'good' });
   }, 120 * 60_000);
 });
