@@ -35,8 +35,16 @@ export async function kexecUnavailable(sys = { sysfs: '/sys', procfs: '/proc' })
   return null;
 }
 
-/** null when systemd can soft-reboot (version 254 or later), else why not. */
+/**
+ * null when systemd can soft-reboot (version 254 or later), else why not.
+ * Switched off for now: in QEMU (test/vm, 2026-12-03) the switch restarted
+ * userspace on the *old* root although /run/nextroot was mounted, so the
+ * machine would say it runs the target while it does not. The engine then
+ * picks kexec (docs/live.md). `LIVEUP_SOFT_REBOOT=1` turns it back on for
+ * whoever debugs it.
+ */
 export async function softRebootUnavailable(bus: BusSpec = 'system'): Promise<string | null> {
+  if (process.env.LIVEUP_SOFT_REBOOT !== '1') return 'soft-reboot into a new root is switched off until it is proven (it restarted the old root in QEMU)';
   try {
     const v = await createSystemd(bus).version();
     return v >= 254 ? null : `systemd ${v} cannot soft-reboot (254 or later needed)`;
