@@ -8,7 +8,9 @@
  *   full reboot  `systemctl reboot` into the generation just applied live,
  *                until its boot check passed
  *   soft-reboot  a libc6-only generation: `agentctl update --now` until the
- *                new userspace's boot check passed
+ *                new userspace's boot check passed (soft-reboot is switched
+ *                off for now, docs/live.md: the engine kexecs instead, so this
+ *                row measures kexec until it is back)
  *   kexec        a kernel change: `agentctl update --now` until the new
  *                kernel's boot check passed
  *
