@@ -11,13 +11,14 @@ import dbus from 'dbus-next';
 import { openBus, type BusSpec } from '../dbus/bus.js';
 import { createSystemd } from './systemd.js';
 import { onPath } from '../util/path.js';
+import { SOFT_REBOOT_ID } from './nextroot.js';
 
 /**
  * This userspace boot's id: the kernel's boot_id, plus the id liveup wrote at
  * its last soft-reboot (nextroot.ts), which keeps the kernel and so its
  * boot_id — a live replay tied to the old userspace must not carry over.
  */
-export async function bootId(path = '/proc/sys/kernel/random/boot_id', softRebootIdFile = '/run/liveup/soft-reboot-id'): Promise<string> {
+export async function bootId(path = '/proc/sys/kernel/random/boot_id', softRebootIdFile = join('/run/liveup', SOFT_REBOOT_ID)): Promise<string> {
   const kernel = (await readFile(path, 'utf8').catch(() => 'unknown')).trim();
   const soft = (await readFile(softRebootIdFile, 'utf8').catch(() => '')).trim();
   return soft ? `${kernel}+${soft}` : kernel;

@@ -301,8 +301,7 @@ async function recordChanges(
     const enc = version.replace(/:/g, '%3a');
     const file = [`${p}_${enc}_${arch}.deb`, `${p}_${enc}_all.deb`].find((f) => found.has(f));
     if (!file) throw new LiveupError('BUILD_FAILED', `the .deb of ${p} ${version} is not in the archive cache ${archiveDirs[0]}`, { package: p, version });
-    const f = await run('dpkg-deb', ['-f', found.get(file)!, 'Package', 'Version']);
-    const fields = Object.fromEntries(f.stdout.split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1).trim()]));
+    const fields = await debFields(found.get(file)!, ['Package', 'Version']);
     if (fields.Package !== p || fields.Version !== version) {
       throw new LiveupError('BUILD_FAILED', `${file} holds ${fields.Package} ${fields.Version}, expected ${p} ${version}`, { package: p });
     }
@@ -325,13 +324,18 @@ interface LocalDeb {
   readonly canonical: string;
 }
 
+/** Control fields of a .deb (`dpkg-deb -f`), as name → value. */
+async function debFields(file: string, names: readonly string[]): Promise<Record<string, string>> {
+  const r = await run('dpkg-deb', ['-f', file, ...names]);
+  return Object.fromEntries(r.stdout.split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1).trim()]));
+}
+
 /** A --deb argument, checked to be a readable Debian package before anything is unpacked. */
 async function inspectLocalDeb(file: string): Promise<LocalDeb> {
   if (!file.endsWith('.deb')) throw new LiveupError('INVALID_ARGUMENT', `--deb ${file}: not a .deb file`, { file });
   if (!(await exists(file))) throw new LiveupError('INVALID_ARGUMENT', `--deb ${file}: no such file`, { file });
-  const r = await run('dpkg-deb', ['-f', file, 'Package', 'Version', 'Architecture']).catch(() => null);
-  const fields = Object.fromEntries((r?.stdout ?? '').split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1).trim()]));
-  if (!r || !fields.Package || !fields.Version || !fields.Architecture) {
+  const fields = await debFields(file, ['Package', 'Version', 'Architecture']).catch(() => ({} as Record<string, string>));
+  if (!fields.Package || !fields.Version || !fields.Architecture) {
     throw new LiveupError('INVALID_ARGUMENT', `--deb ${file}: not a readable Debian package (dpkg-deb cannot read its control fields)`, { file });
   }
   return { file, architecture: fields.Architecture, canonical: `${fields.Package}_${fields.Version.replace(/:/g, '%3a')}_${fields.Architecture}.deb` };
