@@ -7,7 +7,7 @@ export default defineConfig({
     pool: 'forks',
     testTimeout: 120_000,
     hookTimeout: 120_000,
-    // VM tests boot QEMU one at a time; they opt in with LIVEUP_VM_TESTS (see docs/testing.md).
+    // VM tests opt in with LIVEUP_VM_TESTS; one QEMU per slot (test/vm/qemu.ts, docs/testing.md).
     exclude: ['node_modules/**', 'dist/**'],
   },
 });

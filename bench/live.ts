@@ -3,19 +3,24 @@
  * in the same run against a full reboot (SeaBIOS + GRUB + kernel + initramfs)
  * of the same kind of generation:
  *
- *   live apply   `agentctl update --apply-live` of a 5-package change (fetch,
- *                verify, simulate, dpkg, restarts) until the command returns
+ *   live apply   `agentctl update --apply-live` of a 5-package change (four
+ *                new packages and an upgraded service), staged (simulate,
+ *                dpkg, restarts) until the command returns
+ *   interruption how long the upgraded service was down during the live
+ *                apply (systemd's ActiveExit → ActiveEnter timestamps)
  *   full reboot  `systemctl reboot` into the generation just applied live,
  *                until its boot check passed
  *   soft-reboot  a libc6-only generation: `agentctl update --now` until the
- *                new userspace's boot check passed (soft-reboot is switched
- *                off for now, docs/live.md: the engine kexecs instead, so this
- *                row measures kexec until it is back)
+ *                new userspace's boot check passed
  *   kexec        a kernel change: `agentctl update --now` until the new
  *                kernel's boot check passed
  *
+ * Each target is staged first (`agentctl update --download-only`: fetch,
+ * SHA-512, signature, staging), as the agent does on its schedule before a
+ * window opens; that time is printed on its own rows.
+ *
  * The generations are the VM suite's (cached under /var/cache/liveup/vm):
- * 1 with the agent, 2 = 1 + hello sl figlet tree less, 3 = 2 + libc6 rebuilt
+ * 1 with the agent, 2 = 1 + hello sl figlet tree and the test service 1.1, 3 = 2 + libc6 rebuilt
  * as a newer version, 4 = 3 + linux-image-cloud-amd64. The channel is served
  * by `liveup serve` in a network namespace, as in the suite.
  *
@@ -25,9 +30,9 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { buildAgentGeneration, REPO, runAsync, VM_CACHE } from '../test/vm/generation.js';
+import { buildAgentGeneration, REPO, runAsync, VM_CACHE, withBuildLock } from '../test/vm/generation.js';
 import { BOOT_CHECK_PASSED, bootVm, waitForShell, type Vm } from '../test/vm/qemu.js';
-import { rebuiltDeb } from '../test/vm/debs.js';
+import { rebuiltDeb, serviceDeb, SVC } from '../test/vm/debs.js';
 
 const PORT = 8080;
 const liveup = join(REPO, 'bin', 'liveup');
@@ -35,7 +40,7 @@ const log = (s: string) => process.stderr.write(`${s}\n`);
 
 /** Derive (or reuse) a generation cached beside generation 1. */
 async function derived(dir: string, args: string[]): Promise<string> {
-  if (!existsSync(join(dir, 'generation.json'))) await runAsync(liveup, ['derive', ...args, '--out', dir], { timeoutMs: 15 * 60_000 });
+  if (!existsSync(join(dir, 'generation.json'))) await withBuildLock(() => runAsync(liveup, ['derive', ...args, '--out', dir], { timeoutMs: 15 * 60_000 }));
   return dir;
 }
 
@@ -56,7 +61,8 @@ async function main(): Promise<void> {
   const publish = (g: string) => runAsync(liveup, ['publish', '--repo', repo, '--channel', 'stable', '--key', join(keys, 'vm.key.asc'), '--cmdline', cmdline, g]);
   await publish(gen.gendir);
   const base = join(VM_CACHE, gen.hash);
-  const five = await derived(join(base, 'bench-five'), ['--from', repo, '--channel', 'stable', '--install', 'hello,sl,figlet,tree,less']);
+  const five = await derived(join(base, 'bench-five-svc'), ['--from', repo, '--channel', 'stable', '--install', 'hello,sl,figlet,tree',
+    '--deb', serviceDeb(join(VM_CACHE, 'debs'), '1.1')]);
   const fiveMeta = JSON.parse(readFileSync(join(five, 'generation.json'), 'utf8')) as { changes: unknown[] };
   const libc = (JSON.parse(readFileSync(join(five, 'packages.json'), 'utf8')) as { packages: Record<string, string> }).packages.libc6!;
   const libcDeb = await rebuiltDeb(join(VM_CACHE, 'debs'), 'glibc', 'libc6', libc, '+liveup1');
@@ -77,12 +83,28 @@ async function main(): Promise<void> {
     await waitForShell(vm, 0);
     for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-agent')).out.trim() !== 'active'; i++) await new Promise((r) => setTimeout(r, 2000));
 
+    // The switches are timed from a staged generation, as the agent runs them (it stages on its
+    // schedule and switches in the window): fetch, verify and staging are timed apart.
+    const stage = async (): Promise<number> => {
+      const t = Date.now();
+      const r = await vm!.sh('agentctl update --download-only --json', 900_000);
+      if (r.rc !== 0) throw new Error(`staging failed: ${r.out}`);
+      return (Date.now() - t) / 1000;
+    };
+
     log(`live apply of ${fiveMeta.changes.length} package change(s)…`);
     await publish(five);
+    const liveStageS = await stage();
     const t0 = Date.now();
     const applied = await vm.sh('agentctl update --apply-live --json', 900_000);
     const liveS = (Date.now() - t0) / 1000;
     if (applied.rc !== 0 || !/"applied-live"/.test(applied.out)) throw new Error(`live apply failed: ${applied.out}`);
+    // The upgraded service's downtime: from systemd's "stopping" to "active again" (monotonic µs).
+    const shown = (await vm.sh(`systemctl show -p ActiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic ${SVC}`)).out;
+    const stamp = (k: string): number => Number(new RegExp(`${k}=(\\d+)`).exec(shown)?.[1] ?? NaN);
+    const exitUs = stamp('ActiveExitTimestampMonotonic');
+    const downS = (stamp('ActiveEnterTimestampMonotonic') - exitUs) / 1e6;
+    if (!(exitUs > 0 && downS > 0)) throw new Error(`${SVC} was not restarted by the live apply: ${shown}`);
 
     log('full reboot into the same generation…');
     /** Run `cmd` (it may never answer: the switch cuts it off); seconds until the boot check passed, and the console since. */
@@ -98,11 +120,13 @@ async function main(): Promise<void> {
 
     log('soft-reboot into the libc6 generation…');
     await publish(soft);
+    const softStageS = await stage();
     const softS = (await switchBy('agentctl update --now')).seconds;
     if ((await vm.sh('cat /run/liveup/booted')).out.trim() !== '3') throw new Error('the soft-reboot did not land on generation 3');
 
     log('kexec into the kernel generation…');
     await publish(kernel);
+    const kexecStageS = await stage();
     const kexec = await switchBy('agentctl update --now');
     const kexecS = kexec.seconds;
     if (!/liveup\.generation=4\b/.test((await vm.sh('cat /proc/cmdline')).out)) throw new Error('kexec did not land on generation 4');
@@ -111,13 +135,17 @@ async function main(): Promise<void> {
     const rows = [
       { what: 'full reboot', seconds: rebootS },
       { what: 'live apply', seconds: liveS },
+      { what: `  ${SVC} down during it`, seconds: downS },
       { what: 'soft-reboot', seconds: softS },
       { what: 'kexec', seconds: kexecS },
+      { what: 'stage (live-apply generation)', seconds: liveStageS },
+      { what: 'stage (soft-reboot generation)', seconds: softStageS },
+      { what: 'stage (kexec generation)', seconds: kexecStageS },
     ].map((r) => ({ ...r, ratio: r.seconds / rebootS }));
     if (values.json) process.stdout.write(JSON.stringify(rows) + '\n');
     else {
       process.stdout.write('switch to a ready machine (boot check passed; live apply: command returned), QEMU TCG, one run:\n');
-      for (const r of rows) process.stdout.write(`  ${r.what.padEnd(12)} ${r.seconds.toFixed(1).padStart(6)} s  ${r.ratio.toFixed(2)}x full reboot\n`);
+      for (const r of rows) process.stdout.write(`  ${r.what.padEnd(31)} ${r.seconds.toFixed(1).padStart(6)} s  ${r.ratio.toFixed(2)}x full reboot\n`);
       process.stdout.write(`console log: ${join(work, 'console.log')}\n`);
     }
   } finally {

@@ -21,6 +21,8 @@ import type { Generation as JournalGeneration, Journal } from './adapters/journa
 import { ensureSha512Sums, listStaged, reconcileStaging, removeGeneration, stageGeneration } from './adapters/stage.js';
 import type { AgentConfig } from './config.js';
 import { ENV_TRIES_LEFT, ENV_TRY_VERSION, ENV_NEXT_ENTRY, VERIFY_SETTING, renderBootMenu, trialEnv, entryId } from './core/bootmenu.js';
+import { signedBootEnv } from './core/signedboot.js';
+import { writeSignedBootChoice } from './adapters/signedbootenv.js';
 import type { GenerationInfo as CoreGeneration, GenerationState as CoreState } from './core/generation.js';
 import { gcPlan, lastGoodOf, planUpdate, type CurrentState } from './core/plan.js';
 import { chooseRollbackTarget } from './core/rollback.js';
@@ -47,6 +49,7 @@ import type { JsonObject } from './adapters/journal.js';
 import { hostname, uptime } from 'node:os';
 import { loadKexec, paramsToKeep } from './adapters/kexec.js';
 import { handOverToNextRoot, prepareNextRoot, teardownNextRoot } from './adapters/nextroot.js';
+import { mountImage } from './adapters/imagemount.js';
 import { writeFileAtomic, ensureDir } from './util/fsatomic.js';
 
 export interface AgentDeps {
@@ -199,7 +202,14 @@ export class Agent implements AgentApi {
    * generation is no longer wanted deleted (the others resume from `.part`).
    */
   async start(): Promise<void> {
+    this.#booted = await this.deps.bootedVersion();
     for (const step of this.#journal.inProgress()) {
+      // A switch (kexec, soft-reboot, reboot) ends with this userspace going down, often before its
+      // step is closed: when its target is what booted, it did what it was for.
+      if ((step.kind === 'kexec' || step.kind === 'reboot') && step.version !== null && step.version === this.#booted) {
+        this.#journal.endStep(step.id, 'ok', null, `${step.kind} into ${step.version} landed: generation ${step.version} is booted`);
+        continue;
+      }
       this.#journal.endStep(step.id, 'failed', 'INTERNAL', 'interrupted: the agent stopped before this step ended');
       this.#log.warn({ step: step.kind, version: step.version, id: step.id }, 'step interrupted by a previous stop');
       if (step.version !== null && step.kind === 'fetch') {
@@ -210,7 +220,6 @@ export class Agent implements AgentApi {
     const removed = await reconcileStaging(this.#config.bootDir);
     for (const r of removed) this.#log.warn({ path: r }, 'removed a half-staged generation');
     if (removed.length) this.#journal.event({ kind: 'reconciled', message: `removed half-staged ${removed.join(', ')}` });
-    this.#booted = await this.deps.bootedVersion();
     if (this.#booted !== null) await this.#recordBoot(this.#booted);
     this.#bootId = await this.#host.bootId();
     await recoverInterruptedApply({ dpkg: this.#dpkg(), journal: this.#journal, log: this.#log, bootId: this.#bootId });
@@ -365,7 +374,7 @@ export class Agent implements AgentApi {
   }
 
   /** Check the channel; returns the verified target to update to, if any. */
-  async #checkChannel(opts: { version?: number; honourHold: boolean }): Promise<{ result: CheckResult; target: Target | null; reason: string }> {
+  async #checkChannel(opts: { version?: number; honourHold: boolean }): Promise<{ result: CheckResult; target: Target | null; reason: string; rearm: number | null }> {
     const now = this.#now();
     return this.#step('check', null, async () => {
       const { index, source } = await this.#verifiedIndex(now);
@@ -433,7 +442,9 @@ export class Agent implements AgentApi {
         ...(downloadBytes !== undefined ? { downloadBytes } : {}),
       };
       this.#lastCheck = { at: now.toISOString(), result: target ? 'update-available' : 'up-to-date', errorCode: null, message: reason };
-      return { result, target, reason };
+      // Already on the medium but not the armed trial (a rollback disarmed it): only the menu to write.
+      const rearm = !target && menuStep && menuStep.kind === 'write-menu' ? menuStep.tryVersion : null;
+      return { result, target, reason, rearm };
     }, (r) => r.reason);
   }
 
@@ -460,8 +471,10 @@ export class Agent implements AgentApi {
     this.#setState('checking');
     try {
       if (!how.scheduled) this.#journal.setSetting('rollback-hold', null);
-      const { target, reason } = await this.#checkChannel({ honourHold: how.scheduled === true, ...(how.version !== undefined ? { version: how.version } : {}) });
-      const staged = target ? await this.#fetchAndStage(target) : null;
+      const { target, reason, rearm } = await this.#checkChannel({ honourHold: how.scheduled === true, ...(how.version !== undefined ? { version: how.version } : {}) });
+      // A generation staged before and disarmed since (`rollback --live`, then `agentctl update`) is
+      // armed again, so the next boot tries it: a replay of it must not be undone by the reboot.
+      const staged = target ? await this.#fetchAndStage(target) : rearm !== null ? await this.#rearm(rearm) : null;
       // Acting on the decision: a scheduled run follows the policy; `--now` orders it; `--apply-live` asks for a replay only.
       const act = !opts.downloadOnly && (opts.applyNow === true || how.scheduled === true);
       const live = !opts.downloadOnly && (opts.applyLive || act);
@@ -544,6 +557,11 @@ export class Agent implements AgentApi {
       return out;
     }, () => `downloaded and verified ${m.artifacts.length} artifacts (${total} bytes)`);
     return this.#stageVerified(target.manifest, artifacts, dir);
+  }
+
+  async #rearm(v: number): Promise<number> {
+    await this.#step('stage', v, () => this.#writeMenu(v), () => `live/${v}/ was staged already: armed as the next boot's trial again`);
+    return v;
   }
 
   /** Stage verified files, then the menu, then gc: the same path for downloads and the inbox. */
@@ -750,6 +768,8 @@ export class Agent implements AgentApi {
    * atomically, and (when `tryVersion` is set) arm a one-shot trial in grubenv.
    * Order matters: the menu that names the trial is in place before grubenv
    * points at it, so a crash between the two never boots a missing entry.
+   * With `grubVerify: "signature"` there is no menu to write (it is static,
+   * inside the signed GRUB image): the same choice goes into grubenv only.
    */
   async #writeMenu(tryVersion: number | null, defaultOverride?: number): Promise<void> {
     await this.#step('menu-write', tryVersion, async () => {
@@ -764,13 +784,19 @@ export class Agent implements AgentApi {
       // the menu's default and fallback only, not in the journal.
       const noGood = lastGoodOf(cur.generations, cur.present) === null;
       const verify = this.#config.grubVerify;
-      if (verify === 'sha512') for (const g of gens) await ensureSha512Sums(this.#config.bootDir, g.version);
       this.#journal.setSetting(VERIFY_SETTING, verify);
+      const generations = gens.map((g) => ({
+        version: g.version, name: g.name, kernelVersion: g.kernelVersion ?? 'unknown', cmdline: g.cmdline ?? 'boot=live components',
+        state: noGood && g.version === def && coreState(g) === 'booted' ? 'good' as const : coreState(g) ?? 'staged',
+      }));
+      if (verify === 'signature') {
+        // The menu is static inside the signed GRUB image: only the choice is ours to write.
+        await writeSignedBootChoice(this.#grubenv, join(this.#config.bootDir, 'grub'), signedBootEnv({ generations, defaultVersion: def, tryVersion }, BOOT_TRIES));
+        return;
+      }
+      if (verify === 'sha512') for (const g of gens) await ensureSha512Sums(this.#config.bootDir, g.version);
       const menu = renderBootMenu({
-        generations: gens.map((g) => ({
-          version: g.version, name: g.name, kernelVersion: g.kernelVersion ?? 'unknown', cmdline: g.cmdline ?? 'boot=live components',
-          state: noGood && g.version === def && coreState(g) === 'booted' ? 'good' : coreState(g) ?? 'staged',
-        })),
+        generations,
         defaultVersion: def,
         tryVersion,
         root: { kind: 'file', path: '/live/.liveup-boot' },
@@ -782,7 +808,7 @@ export class Agent implements AgentApi {
       await writeFileAtomic(this.#paths.grubCfg, menu.text);
       if (tryVersion !== null) await this.#grubenv.set(this.#paths.grubenv, trialEnv(tryVersion, BOOT_TRIES));
       else await this.#grubenv.unset(this.#paths.grubenv, [ENV_TRY_VERSION, ENV_TRIES_LEFT, ENV_NEXT_ENTRY]).catch(() => undefined);
-    }, () => `grub.cfg written (default ${defaultOverride ?? 'last good'}${tryVersion ? `, trying ${tryVersion} once` : ''})`);
+    }, () => `${this.#config.grubVerify === 'signature' ? 'grubenv (signed boot)' : 'grub.cfg'} written (default ${defaultOverride ?? 'last good'}${tryVersion ? `, trying ${tryVersion} once` : ''})`);
     await writeFileAtomic(join(this.#config.bootDir, 'live', '.liveup-boot'), 'liveup boot medium\n').catch(() => undefined);
   }
 
@@ -878,7 +904,19 @@ export class Agent implements AgentApi {
     const bootedList = (JSON.parse(text) as { packages: Record<string, string> }).packages;
     const outDir = join(this.#config.stateDir, 'rollback-debs');
     // The booted image: configured, else the lower layer of / (live-boot's, or the soft-reboot's).
-    const lower = this.#config.liveLowerDir ?? (this.#config.liveRoot === '/' ? await hostFacts.rootLowerDir() : null) ?? '/run/live/rootfs/filesystem.squashfs';
+    let lower = this.#config.liveLowerDir ?? (this.#config.liveRoot === '/' ? await hostFacts.rootLowerDir() : null) ?? '/run/live/rootfs/filesystem.squashfs';
+    let unmountImage: (() => Promise<void>) | null = null;
+    // After a soft-reboot the overlay's lower layer is a mount of the old userspace's tree, no
+    // longer reachable by path (systemd carries /run over, not the mounts below it). The booted
+    // generation's squashfs on the boot medium is the same image, verified when it was staged:
+    // read it from there. A lower layer that is reachable but not the booted image is still refused.
+    const squashfs = join(this.#config.bootDir, 'live', String(booted), 'filesystem.squashfs');
+    if (!(await stat(join(lower, 'var/lib/dpkg/status')).then(() => true, () => false)) && (await stat(squashfs).then(() => true, () => false))) {
+      const dir = join(this.#config.stateDir, 'rollback-image');
+      this.#log.info({ lower, squashfs }, 'the booted image is not reachable at the lower layer: reading it from the boot medium');
+      unmountImage = await mountImage(squashfs, dir);
+      lower = dir;
+    }
     this.#setState('applying');
     try {
       const r = await liveRollback(booted, from, {
@@ -926,6 +964,7 @@ export class Agent implements AgentApi {
       };
     } finally {
       await rm(outDir, { recursive: true, force: true }).catch(() => undefined);
+      await unmountImage?.();
       this.#setState(this.#stagedNext() ? 'staged' : 'idle');
     }
   }

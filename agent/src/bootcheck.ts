@@ -24,10 +24,12 @@ import { constants } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Journal, type Generation } from './adapters/journal.js';
-import { createGrubEnv } from './adapters/grubenv.js';
+import { createGrubEnv, type GrubEnv } from './adapters/grubenv.js';
 import { run } from './adapters/exec.js';
 import { isLiveupError } from './channel/errors.js';
 import { ENV_NEXT_ENTRY, ENV_TRIES_LEFT, ENV_TRY_VERSION, VERIFY_SETTING, renderBootMenu, type BootMenuGeneration } from './core/bootmenu.js';
+import { signedBootEnv } from './core/signedboot.js';
+import { writeSignedBootChoice } from './adapters/signedbootenv.js';
 import { ensureDir, writeFileAtomic } from './util/fsatomic.js';
 import { readBootedVersion } from './daemon.js';
 
@@ -119,8 +121,8 @@ async function runCheck(name: string, kind: CheckResult['kind'], required: boole
   }
 }
 
-/** Re-render grub.cfg from the journal: `def` becomes the default; no trial. */
-async function renderMenu(journal: Journal, bootDir: string, def: number): Promise<void> {
+/** Re-render grub.cfg from the journal (signed boot: grubenv): `def` becomes the default; no trial. */
+async function renderMenu(journal: Journal, bootDir: string, def: number, env: GrubEnv): Promise<void> {
   const present = new Set(
     (await readdir(join(bootDir, 'live')).catch(() => [] as string[])).filter((n) => /^[1-9]\d*$/.test(n)).map(Number),
   );
@@ -135,6 +137,11 @@ async function renderMenu(journal: Journal, bootDir: string, def: number): Promi
       state: g.state === 'good' || g.state === 'failed' || g.state === 'booted' ? g.state : 'staged',
     }));
   if (!gens.some((g) => g.version === def)) return;
+  if (journal.getSetting(VERIFY_SETTING) === 'signature') {
+    // Signed boot: GRUB's menu is static; the new default goes into grubenv and the good block.
+    await writeSignedBootChoice(env, join(bootDir, 'grub'), signedBootEnv({ generations: gens, defaultVersion: def, tryVersion: null }, 1));
+    return;
+  }
   // The agent's grubVerify, as it last wrote the menu (an unknown value renders without).
   const verify = journal.getSetting(VERIFY_SETTING) === 'sha512' ? 'sha512' : 'off';
   const menu = renderBootMenu({
@@ -198,10 +205,10 @@ export async function bootCheck(opts: BootCheckOptions): Promise<BootCheckResult
       // No more tries for it: GRUB's default (the last good) boots next.
       await env.unset(grubenv, [ENV_TRY_VERSION, ENV_TRIES_LEFT, ENV_NEXT_ENTRY]).catch(() => env.create(grubenv));
     }
-    const doRender = opts.renderMenu ?? (await stat(join(opts.bootDir, 'grub', 'grub.cfg')).then(() => true, () => false));
+    const doRender = opts.renderMenu ?? (journal.getSetting(VERIFY_SETTING) === 'signature' || await stat(join(opts.bootDir, 'grub', 'grub.cfg')).then(() => true, () => false));
     if (doRender) {
       const def = healthy ? version : journal.lastGood()?.version;
-      if (def !== undefined) await renderMenu(journal, opts.bootDir, def);
+      if (def !== undefined) await renderMenu(journal, opts.bootDir, def, env);
     }
     if (!healthy && opts.reboot) {
       log(`generation ${version} is unhealthy: rebooting into the last good generation`);

@@ -22,7 +22,7 @@ import { validate as validateCron } from 'node-cron';
 import { watch, type FSWatcher } from 'chokidar';
 import { LiveupError, toLiveupError } from './channel/errors.js';
 import { ARCH_RE, CHANNEL_RE } from './channel/schema.js';
-import { BOOT_VERIFY_MODES, type BootVerify } from './core/bootmenu.js';
+import { GRUB_VERIFY_MODES, type GrubVerify } from './core/bootmenu.js';
 import { Reader, join, parseJson } from './util/validate.js';
 
 export const DEFAULT_MAIN_FILE = '/etc/liveup/agent.json';
@@ -124,9 +124,12 @@ export interface AgentConfig {
    * `sha512`: GRUB checks a generation's kernel, initrd and squashfs against its
    * SHA512SUMS before booting it, and boots the fallback when they differ
    * (default `off`: the initramfs's check of the squashfs, `liveup.verify=1`,
-   * costs less on slow firmware disk reads).
+   * costs less on slow firmware disk reads). `signature`: the disk was made with
+   * `liveup disk --grub-verify signature`; GRUB's menu is static and signed
+   * boot checks every file it loads, so the agent writes no grub.cfg, only its
+   * choices into grubenv (docs/boot.md, "Signed boot").
    */
-  readonly grubVerify: BootVerify;
+  readonly grubVerify: GrubVerify;
   /** Mount point of the boot medium holding `live/<version>/` and `grub/` (default /run/liveup/boot). */
   readonly bootDir: string;
   /** Persistent state: journal, downloads (default /var/lib/liveup). */
@@ -414,7 +417,7 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
     timeZone,
     rebootStrategy: o.rebootStrategy === undefined ? 'live' : r.oneOf(o, 'rebootStrategy', '', REBOOT_STRATEGIES),
     keep: int('keep', 3, 2, 100),
-    grubVerify: o.grubVerify === undefined ? 'off' : r.oneOf(o, 'grubVerify', '', BOOT_VERIFY_MODES),
+    grubVerify: o.grubVerify === undefined ? 'off' : r.oneOf(o, 'grubVerify', '', GRUB_VERIFY_MODES),
     bootDir: optAbsPath(o, 'bootDir', '') ?? '/run/liveup/boot',
     liveRoot: optAbsPath(o, 'liveRoot', '') ?? '/',
     liveLowerDir: optAbsPath(o, 'liveLowerDir', '') ?? null,

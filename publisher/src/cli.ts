@@ -10,11 +10,12 @@ import { build, DEFAULT_CACHE } from './factory/build.js';
 import { writeIso } from './iso.js';
 import { checkedGeneration, makeDisk } from './disk.js';
 import { SERIAL_CONSOLES } from './generation.js';
-import { BOOT_VERIFY_MODES, type BootVerify } from '../../agent/src/core/bootmenu.js';
+import { GRUB_VERIFY_MODES, type GrubVerify } from '../../agent/src/core/bootmenu.js';
 import { existsSync } from 'node:fs';
 import { FLEET_COMMANDS } from '../../fleet/src/cli.js';
 import { derive, DEFAULT_REBOOT_PACKAGES } from './factory/derive.js';
-import { generateKey } from './key.js';
+import { KEY_TYPES, generateKey, type KeyType } from './key.js';
+import { loadBootKey, loadBootPublicKey } from './bootsign.js';
 import { changeRollout, publish, type RolloutChange } from './publish.js';
 import { listChannels } from './repo.js';
 import { serve } from './serve.js';
@@ -26,17 +27,24 @@ import { resolveMirrorRoot, verifyMirror, type MirrorProblem } from './mirror/ve
 
 const keyGenerate: Command = {
   path: ['key', 'generate'],
-  summary: 'generate an Ed25519 OpenPGP signing key pair',
-  usage: '--out DIR [--name NAME] [--email ADDR] [--force]',
-  description: 'Writes DIR/NAME.key.asc (private, mode 0600) and DIR/NAME.pub.asc (the public key agents pin).',
+  summary: 'generate an OpenPGP signing key pair (Ed25519 for a channel, RSA for a boot key)',
+  usage: '--out DIR [--name NAME] [--type ed25519|rsa] [--email ADDR] [--force]',
+  description:
+    'Writes DIR/NAME.key.asc (private, mode 0600) and DIR/NAME.pub.asc (the public key agents pin).\n' +
+    '--type rsa makes a boot key (3072-bit RSA) for `liveup publish --boot-key` and `liveup disk --boot-pubkey`:\n' +
+    'GRUB\'s signature check reads RSA keys only.',
   options: {
+    type: { type: 'string', description: 'ed25519 (channel signing) or rsa (boot key for GRUB) [default: ed25519]', valueName: 'TYPE' },
     out: { type: 'string', description: 'directory for the key files', valueName: 'DIR' },
     name: { type: 'string', description: 'key name, used in file names and the user ID', default: 'liveup' },
     email: { type: 'string', description: 'e-mail address for the user ID' },
     force: { type: 'boolean', description: 'overwrite existing key files' },
   },
   async run({ values, io, json }) {
+    const type = optString(values, 'type') ?? 'ed25519';
+    if (!(KEY_TYPES as readonly string[]).includes(type)) throw new LiveupError('INVALID_ARGUMENT', `--type must be ${KEY_TYPES.join(' or ')}, got ${JSON.stringify(type)}`);
     const k = await generateKey({
+      type: type as KeyType,
       outDir: requireString(values, 'out'),
       name: optString(values, 'name') ?? 'liveup',
       email: optString(values, 'email'),
@@ -46,7 +54,7 @@ const keyGenerate: Command = {
     else {
       io.out(`fingerprint ${k.fingerprint}`);
       io.out(`private key ${k.privateKeyPath} (mode 0600: keep it off the machines you update)`);
-      io.out(`public key  ${k.publicKeyPath} (pin this on every agent)`);
+      io.out(`public key  ${k.publicKeyPath} (${type === 'rsa' ? 'the boot key: build it into GRUB with `liveup disk --boot-pubkey`' : 'pin this on every agent'})`);
     }
     return EXIT.OK;
   },
@@ -55,17 +63,21 @@ const keyGenerate: Command = {
 const publishCmd: Command = {
   path: ['publish'],
   summary: 'sign a generation directory into a channel repository',
-  usage: '--repo REPO --channel NAME --key PRIVATE.asc [--expires 30d] [--version N] GENDIR',
+  usage: '--repo REPO --channel NAME --key PRIVATE.asc [--boot-key RSA.key.asc] [--expires 30d] [--version N] GENDIR',
   description:
     'GENDIR holds filesystem.squashfs, vmlinuz and initrd.img, and optionally packages.json and\n' +
     'generation.json (name, kernel, parent, package changes with their .deb files) as written by\n' +
     '`liveup build` / `liveup derive`. The generation lands in REPO/generations/<version>/, then the\n' +
-    'channel index is re-signed; readers never see a half-published state.',
+    'channel index is re-signed; readers never see a half-published state.\n' +
+    'With --boot-key (an RSA key: `liveup key generate --type rsa`) the generation also gets boot.cfg and GRUB\n' +
+    'signatures (boot.cfg.sig, vmlinuz.sig, initrd.img.sig) for disks made with `liveup disk --grub-verify signature`.\n' +
+    'Agents older than signed boot refuse such a manifest (unknown artifact roles).',
   positionals: { min: 1, max: 1 },
   options: {
     repo: { type: 'string', description: 'channel repository directory', valueName: 'REPO' },
     channel: { type: 'string', description: 'channel name', valueName: 'NAME' },
     key: { type: 'string', multiple: true, description: 'armored private signing key (repeat for threshold signing)', valueName: 'PRIVATE.asc' },
+    'boot-key': { type: 'string', description: 'armored private RSA boot key: sign boot.cfg, kernel and initrd for GRUB (signed boot)', valueName: 'RSA.key.asc' },
     expires: { type: 'string', description: 'how long the channel index stays valid', default: '30d', valueName: 'DURATION' },
     'manifest-expires': { type: 'string', description: 'how long the manifest stays valid', default: '365d', valueName: 'DURATION' },
     version: { type: 'string', description: 'version number (default: highest in the repository + 1)', valueName: 'N' },
@@ -87,7 +99,10 @@ const publishCmd: Command = {
     }
     if (keyPaths.length === 0) throw new LiveupError('INVALID_ARGUMENT', '--key is required');
     const keys = await Promise.all(keyPaths.map((p) => loadPrivateKey(p)));
+    const bootKeyPath = optString(values, 'boot-key');
+    const bootKey = bootKeyPath === undefined ? undefined : await loadBootKey(bootKeyPath);
     const r = await publish({
+      ...(bootKey ? { bootKey } : {}),
       repo: requireString(values, 'repo'),
       channel: requireString(values, 'channel'),
       gendir: positionals[0]!,
@@ -297,13 +312,16 @@ function parseMiB(s: string, what: string): number {
 const diskCmd: Command = {
   path: ['disk'],
   summary: 'write a bootable disk image (BIOS and UEFI) for a new machine: boot and data partitions, GRUB, a generation',
-  usage: '--gendir REPO/generations/N --out FILE.img [--keyring PUB.asc] [--size 8G] [--data-size 2G] [--serial] [--grub-verify sha512] [--bios-only] [--force]',
+  usage: '--gendir REPO/generations/N --out FILE.img [--keyring PUB.asc] [--size 8G] [--data-size 2G] [--serial] [--grub-verify sha512|signature [--boot-pubkey RSA.pub.asc]] [--bios-only] [--force]',
   description:
     'The layout the agent and the initramfs expect: LIVEUP-BOOT (live/<N>/, GRUB, grubenv), LIVEUP-DATA (the\n' +
     'machine\'s /var/lib/liveup) and an EFI system partition. GENDIR is a published generation; its artifacts are\n' +
     'checked against its manifest, and with --keyring the manifest\'s signature too. Write the image to the machine\'s\n' +
     'disk with `dd if=FILE.img of=/dev/sdX bs=4M conv=fsync`, then grow the data partition if you like.\n' +
-    'Written to a temporary name: a failed run leaves no FILE.',
+    'Written to a temporary name: a failed run leaves no FILE.\n' +
+    '--grub-verify signature (signed boot): GRUB carries the boot public key and check_signatures=enforce, and a\n' +
+    'static menu that boots a generation only through its signed boot.cfg (publish it with --boot-key); set the\n' +
+    'agent\'s grubVerify to "signature". The kernel command line is the signed one: --serial sets GRUB\'s console only.',
   options: {
     gendir: { type: 'string', description: 'published generation directory (REPO/generations/<N>)', valueName: 'GENDIR' },
     out: { type: 'string', description: 'disk image to write', valueName: 'FILE' },
@@ -311,7 +329,8 @@ const diskCmd: Command = {
     size: { type: 'string', description: 'image size [default: 8G]', valueName: 'SIZE' },
     'data-size': { type: 'string', description: 'data partition size; the agent downloads a generation there before staging it [default: 2G]', valueName: 'SIZE' },
     serial: { type: 'boolean', description: 'GRUB and kernel console also on ttyS0 (115200 baud)' },
-    'grub-verify': { type: 'string', description: 'GRUB checks the SHA-512 of kernel, initrd and squashfs before booting (off|sha512; set the agent\'s grubVerify alike, it rewrites the menu) [default: off]', valueName: 'MODE' },
+    'grub-verify': { type: 'string', description: 'GRUB checks the SHA-512 of kernel, initrd and squashfs before booting (sha512), or their signatures by the boot key (signature); set the agent\'s grubVerify alike [default: off]', valueName: 'off|sha512|signature' },
+    'boot-pubkey': { type: 'string', description: 'RSA boot public key built into GRUB (with --grub-verify signature)', valueName: 'RSA.pub.asc' },
     'bios-only': { type: 'boolean', description: 'no EFI system partition' },
     force: { type: 'boolean', description: 'replace FILE if it exists' },
   },
@@ -321,10 +340,18 @@ const diskCmd: Command = {
     const out = requireString(values, 'out');
     if (values.force !== true && existsSync(out)) throw new LiveupError('ALREADY_EXISTS', `${out} exists; pass --force to replace it`, { file: out });
     const verify = optString(values, 'grub-verify') ?? 'off';
-    if (!(BOOT_VERIFY_MODES as readonly string[]).includes(verify)) {
-      throw new LiveupError('INVALID_ARGUMENT', `--grub-verify must be ${BOOT_VERIFY_MODES.join(' or ')}, got ${JSON.stringify(verify)}`);
+    if (!(GRUB_VERIFY_MODES as readonly string[]).includes(verify)) {
+      throw new LiveupError('INVALID_ARGUMENT', `--grub-verify must be ${GRUB_VERIFY_MODES.join(', ')}, got ${JSON.stringify(verify)}`);
     }
+    const pubPath = optString(values, 'boot-pubkey');
+    if ((verify === 'signature') !== (pubPath !== undefined)) {
+      throw new LiveupError('INVALID_ARGUMENT', verify === 'signature' ? '--grub-verify signature needs --boot-pubkey (the RSA boot public key)' : '--boot-pubkey goes with --grub-verify signature');
+    }
+    const bootPubkey = pubPath === undefined ? undefined : await loadBootPublicKey(pubPath);
     const g = await checkedGeneration(gendir, optString(values, 'keyring'), (l) => io.err(l));
+    if (bootPubkey && !g.signedBoot) {
+      throw new LiveupError('INVALID_ARGUMENT', `generation ${g.version} has no signed boot (boot.cfg and .sig files): publish it with \`liveup publish --boot-key\``);
+    }
     const consoles = values.serial === true ? ` ${SERIAL_CONSOLES}` : '';
     const layout = {
       sizeMiB: parseMiB(optString(values, 'size') ?? '8G', '--size'),
@@ -332,7 +359,8 @@ const diskCmd: Command = {
       espMiB: values['bios-only'] === true ? 0 : 64,
     };
     await makeDisk({
-      out, layout, defaultVersion: g.version, serial: values.serial === true, verify: verify as BootVerify, log: (l) => io.err(l),
+      out, layout, defaultVersion: g.version, serial: values.serial === true, verify: verify as GrubVerify, log: (l) => io.err(l),
+      ...(bootPubkey ? { bootPubkey: { key: bootPubkey, source: pubPath ?? '' } } : {}),
       generations: [{ version: g.version, dir: gendir, name: g.name, kernelVersion: g.kernelVersion, cmdline: `${g.cmdline}${consoles}`.trim() }],
     });
     const firmware = layout.espMiB > 0 ? ['bios', 'uefi'] : ['bios'];

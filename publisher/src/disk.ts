@@ -16,7 +16,9 @@
  * Both carry the same small embedded config: find the partition holding
  * `/live/.liveup-boot` and read its grub/grub.cfg, so disk order and firmware
  * do not matter. grub.cfg is rendered by the agent's own renderer
- * (core/bootmenu.ts): the agent rewrites it later from its journal.
+ * (core/bootmenu.ts): the agent rewrites it later from its journal. With
+ * `verify: 'signature'` (signed boot) the images carry the boot key and a
+ * static menu instead, and the medium no grub.cfg: see disksigned.ts.
  *
  * Everything is written into a temporary file next to the output and renamed
  * at the end: a failure leaves no half image. Needs root (loop devices).
@@ -25,7 +27,10 @@ import { closeSync, existsSync, openSync, readFileSync, writeSync, ftruncateSync
 import { copyFile, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { LiveupError } from '../../agent/src/channel/errors.js';
-import { renderBootMenu, type BootVerify } from '../../agent/src/core/bootmenu.js';
+import type * as openpgp from 'openpgp';
+import { renderBootMenu, type GrubVerify } from '../../agent/src/core/bootmenu.js';
+import { SIGNED_BOOT_ROLES } from '../../agent/src/channel/schema.js';
+import { SIGNED_BOOT_MEDIUM_FILES, SIGNED_GRUB_MODULES, SIGNED_GRUB_MODULES_EFI, checkBootSignatures, signedImageInputs, writeSignedBootEnv } from './disksigned.js';
 import { ensureSha512Sums } from '../../agent/src/adapters/stage.js';
 import { parseManifest } from '../../agent/src/channel/schema.js';
 import { loadKeyring, verifyDetached } from '../../agent/src/channel/signature.js';
@@ -110,8 +115,14 @@ export interface MakeDiskOptions {
   readonly defaultVersion: number;
   /** GRUB on the serial console too (ttyS0, 115200): servers and VMs. */
   readonly serial: boolean;
-  /** GRUB checks each generation's SHA512SUMS before booting it (the agent's `grubVerify`). Default off. */
-  readonly verify?: BootVerify;
+  /**
+   * GRUB checks each generation's SHA512SUMS before booting it (`sha512`), or
+   * its signatures by the boot key (`signature`: needs `bootPubkey`, see
+   * disksigned.ts). The agent's `grubVerify` must say the same. Default off.
+   */
+  readonly verify?: GrubVerify;
+  /** The RSA boot public key built into GRUB for `verify: 'signature'`. */
+  readonly bootPubkey?: { readonly key: openpgp.PublicKey; readonly source: string };
   readonly log?: (line: string) => void;
 }
 
@@ -124,6 +135,13 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
   if (o.generations.length === 0) throw new LiveupError('INVALID_ARGUMENT', 'no generation to put on the disk');
   if (!o.generations.some((g) => g.version === o.defaultVersion)) throw new LiveupError('INVALID_ARGUMENT', `default generation ${o.defaultVersion} is not on the disk`);
   const uefi = o.layout.espMiB > 0;
+  const signed = o.verify === 'signature';
+  if (signed) {
+    if (!o.bootPubkey) throw new LiveupError('INVALID_ARGUMENT', 'a signed-boot disk needs the boot public key (--boot-pubkey)');
+    // Before anything is written: a key that does not match would make a disk that boots nothing.
+    for (const g of o.generations) await checkBootSignatures(g.dir, g.version, o.bootPubkey.key, o.bootPubkey.source);
+    log(`boot signatures verified (${o.bootPubkey.source})`);
+  }
   for (const need of ['i386-pc', ...(uefi ? ['x86_64-efi'] : [])]) {
     if (!existsSync(join(GRUB_LIB, need))) throw new LiveupError('BUILD_FAILED', `${join(GRUB_LIB, need)} is missing: apt-get install ${need === 'i386-pc' ? 'grub-pc-bin' : 'grub-efi-amd64-bin'}`);
   }
@@ -162,7 +180,7 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
       const d = join(boot, 'live', String(g.version));
       await mkdir(d, { recursive: true });
       log(`copying generation ${g.version}`);
-      for (const f of BOOT_MEDIUM_FILES) {
+      for (const f of [...BOOT_MEDIUM_FILES, ...(signed ? SIGNED_BOOT_MEDIUM_FILES : [])]) {
         if (existsSync(join(g.dir, f))) await copyFile(join(g.dir, f), join(d, f));
         else if (f !== GENDIR_FILES.packages) throw new LiveupError('NOT_FOUND', `${join(g.dir, f)} is missing: is ${g.dir} a published generation?`, { file: join(g.dir, f) });
       }
@@ -171,28 +189,18 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
     }
     await writeFile(join(boot, BOOT_MARKER), 'liveup boot medium\n');
     await mkdir(join(boot, 'grub'), { recursive: true });
-    const menu = renderBootMenu({
-      generations: o.generations.map((g) => ({ version: g.version, name: g.name, kernelVersion: g.kernelVersion, cmdline: g.cmdline, state: 'good' as const })),
-      defaultVersion: o.defaultVersion,
-      tryVersion: null,
-      root: { kind: 'file', path: BOOT_MARKER },
-      timeoutSeconds: o.serial ? 1 : 3,
-      serial: o.serial,
-      verify: o.verify ?? 'off',
-    });
-    await writeFile(join(boot, 'grub', 'grub.cfg'), menu.text);
-    await run('grub-editenv', [join(boot, 'grub', 'grubenv'), 'create']);
-    // Modules for grub.cfg's insmod, per platform.
-    for (const platform of ['i386-pc', ...(uefi ? ['x86_64-efi'] : [])]) {
-      await mkdir(join(boot, 'grub', platform), { recursive: true });
-      for (const f of await readdir(join(GRUB_LIB, platform))) {
-        if (/\.(mod|lst)$/.test(f)) await copyFile(join(GRUB_LIB, platform, f), join(boot, 'grub', platform, f));
-      }
-    }
+    const timeoutSeconds = o.serial ? 1 : 3;
+    const signedInputs = signed && o.bootPubkey
+      ? await signedImageInputs({ workDir: work, key: o.bootPubkey.key, keySource: o.bootPubkey.source, marker: BOOT_MARKER, serial: o.serial, timeoutSeconds, diskVersion: o.defaultVersion })
+      : null;
+    if (signedInputs) {
+      // The menu is in the GRUB image; the medium holds only the agent's choices.
+      await writeSignedBootEnv(join(boot, 'grub'), o.defaultVersion);
+    } else await writePlainMenu(boot, o, uefi, timeoutSeconds);
     if (uefi) {
       // Written with mtools, not mounted: the kernel writing the image may lack vfat.
       const efi = join(work, 'BOOTX64.EFI');
-      await grubImage('x86_64-efi', efi, work, ['part_gpt', 'fat']);
+      await grubImage('x86_64-efi', efi, work, [...new Set(['part_gpt', 'fat', ...(signedInputs ? [...SIGNED_GRUB_MODULES, ...SIGNED_GRUB_MODULES_EFI] : [])])], signedInputs);
       await run('mmd', ['-i', dev(3), '::/EFI', '::/EFI/BOOT']);
       await run('mcopy', ['-i', dev(3), efi, '::/EFI/BOOT/BOOTX64.EFI']);
     }
@@ -202,9 +210,9 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
     await run('losetup', ['-d', loop]);
     loop = null;
 
-    await installGrubBios(tmp, work);
+    await installGrubBios(tmp, work, signedInputs);
     await rename(tmp, o.out);
-    log(`wrote ${o.out}: boot ${Math.round((parts[0]!.sectors * SECTOR) / MiB)} MiB, data ${o.layout.dataMiB} MiB${uefi ? `, ESP ${o.layout.espMiB} MiB` : ''}; BIOS${uefi ? ' and UEFI' : ''}`);
+    log(`wrote ${o.out}: boot ${Math.round((parts[0]!.sectors * SECTOR) / MiB)} MiB, data ${o.layout.dataMiB} MiB${uefi ? `, ESP ${o.layout.espMiB} MiB` : ''}; BIOS${uefi ? ' and UEFI' : ''}${signed ? '; signed boot (check_signatures=enforce)' : ''}`);
   } finally {
     if (mounted) await run('umount', [mounted]).catch(() => undefined);
     if (loop) {
@@ -216,12 +224,34 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
   }
 }
 
+/** The plain (and SHA-512) disk's boot partition: grub.cfg by the agent's renderer, an empty grubenv, modules for insmod. */
+async function writePlainMenu(boot: string, o: MakeDiskOptions, uefi: boolean, timeoutSeconds: number): Promise<void> {
+  const menu = renderBootMenu({
+    generations: o.generations.map((g) => ({ version: g.version, name: g.name, kernelVersion: g.kernelVersion, cmdline: g.cmdline, state: 'good' as const })),
+    defaultVersion: o.defaultVersion,
+    tryVersion: null,
+    root: { kind: 'file', path: BOOT_MARKER },
+    timeoutSeconds,
+    serial: o.serial,
+    verify: o.verify === 'sha512' ? 'sha512' : 'off',
+  });
+  await writeFile(join(boot, 'grub', 'grub.cfg'), menu.text);
+  await run('grub-editenv', [join(boot, 'grub', 'grubenv'), 'create']);
+  // Modules for grub.cfg's insmod, per platform.
+  for (const platform of ['i386-pc', ...(uefi ? ['x86_64-efi'] : [])]) {
+    await mkdir(join(boot, 'grub', platform), { recursive: true });
+    for (const f of await readdir(join(GRUB_LIB, platform))) {
+      if (/\.(mod|lst)$/.test(f)) await copyFile(join(GRUB_LIB, platform, f), join(boot, 'grub', platform, f));
+    }
+  }
+}
+
 /**
  * A published generation, checked before it goes on a disk: every artifact
  * against the manifest's length and SHA-512 (a corrupt copy would make a
  * machine that cannot boot), and with a keyring the manifest's signature.
  */
-export async function checkedGeneration(gendir: string, keyringPath: string | undefined, log: (l: string) => void): Promise<{ version: number; name: string; kernelVersion: string; cmdline: string }> {
+export async function checkedGeneration(gendir: string, keyringPath: string | undefined, log: (l: string) => void): Promise<{ version: number; name: string; kernelVersion: string; cmdline: string; signedBoot: boolean }> {
   const mpath = join(gendir, 'manifest.json');
   if (!existsSync(mpath) || !existsSync(`${mpath}.sig`)) {
     throw new LiveupError('NOT_FOUND', `${gendir} is not a published generation (no manifest.json and .sig): liveup publish it, then use REPO/generations/<N>`, { file: mpath });
@@ -237,14 +267,24 @@ export async function checkedGeneration(gendir: string, keyringPath: string | un
     log(`checking ${a.path} (${(a.length / 1e6).toFixed(0)} MB)`);
     await verifyArtifactFile(join(gendir, a.path), a, join(gendir, a.path));
   }
-  return { version: m.version, name: m.name, kernelVersion: m.kernel.version, cmdline: m.kernel.cmdline };
+  const signedBoot = SIGNED_BOOT_ROLES.every((role) => m.artifacts.some((a) => a.role === role));
+  return { version: m.version, name: m.name, kernelVersion: m.kernel.version, cmdline: m.kernel.cmdline, signedBoot };
 }
 
-/** A GRUB image for `format` with the embedded config that finds the liveup boot partition. */
-async function grubImage(format: 'i386-pc' | 'x86_64-efi', out: string, workDir: string, extraModules: readonly string[]): Promise<void> {
+/** For a signed-boot image: its early config and the `--pubkey`/memdisk arguments (disksigned.ts). */
+export interface SignedImageInputs {
+  readonly earlyConfig: string;
+  readonly args: readonly string[];
+}
+
+/**
+ * A GRUB image for `format` with the embedded config that finds the liveup
+ * boot partition; for signed boot, the key, the memdisk and its own config.
+ */
+async function grubImage(format: 'i386-pc' | 'x86_64-efi', out: string, workDir: string, extraModules: readonly string[], signed: SignedImageInputs | null = null): Promise<void> {
   const cfg = join(workDir, `early-${format}.cfg`);
-  await writeFile(cfg, EARLY_CFG);
-  await run('grub-mkimage', ['-O', format, '-o', out, '-c', cfg, '-p', '/grub', ...extraModules, ...GRUB_MODULES]);
+  await writeFile(cfg, signed ? signed.earlyConfig : EARLY_CFG);
+  await run('grub-mkimage', ['-O', format, '-o', out, '-c', cfg, '-p', '/grub', ...(signed?.args ?? []), ...extraModules, ...GRUB_MODULES]);
 }
 
 /**
@@ -255,9 +295,9 @@ async function grubImage(format: 'i386-pc' | 'x86_64-efi', out: string, workDir:
  * sector count into its blocklist). grub-install cannot map a loop partition
  * to a BIOS drive, hence this.
  */
-export async function installGrubBios(image: string, workDir: string): Promise<void> {
+export async function installGrubBios(image: string, workDir: string, signed: SignedImageInputs | null = null): Promise<void> {
   const core = join(workDir, 'core.img');
-  await grubImage('i386-pc', core, workDir, ['biosdisk']);
+  await grubImage('i386-pc', core, workDir, ['biosdisk', ...(signed ? SIGNED_GRUB_MODULES : [])], signed);
   const coreBytes = readFileSync(core);
   if (coreBytes.length > (START_LBA - 1) * SECTOR) throw new LiveupError('BUILD_FAILED', `GRUB's core.img (${coreBytes.length} bytes) does not fit before the first partition`);
   const bootImg = readFileSync(join(GRUB_LIB, 'i386-pc', 'boot.img'));

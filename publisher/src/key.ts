@@ -1,4 +1,8 @@
-/** `liveup key generate`: an Ed25519 OpenPGP signing key pair for a channel. */
+/**
+ * `liveup key generate`: an OpenPGP signing key pair. Ed25519 for a channel
+ * (the default); RSA for a boot key, the only kind GRUB's pgp module checks
+ * (publisher/src/bootsign.ts).
+ */
 import * as openpgp from 'openpgp';
 import { access, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -11,7 +15,12 @@ export interface GeneratedKey {
   readonly publicKeyPath: string;
 }
 
-export async function generateKey(opts: { outDir: string; name: string; email?: string; force?: boolean; createdAt?: Date }): Promise<GeneratedKey> {
+export type KeyType = 'ed25519' | 'rsa';
+export const KEY_TYPES: readonly KeyType[] = ['ed25519', 'rsa'];
+/** RSA size for boot keys: GRUB verifies any size; 3072 bits is NIST's level for keys used past 2030. */
+export const BOOT_RSA_BITS = 3072;
+
+export async function generateKey(opts: { outDir: string; name: string; email?: string; force?: boolean; createdAt?: Date; type?: KeyType; rsaBits?: number }): Promise<GeneratedKey> {
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(opts.name)) {
     throw new LiveupError('INVALID_ARGUMENT', `key name "${opts.name}" may only hold letters, digits, ".", "_" and "-"`);
   }
@@ -27,9 +36,12 @@ export async function generateKey(opts: { outDir: string; name: string; email?: 
   // ed25519Legacy (EdDSA, a v4 key) rather than RFC 9580's new Ed25519: the
   // legacy form is what gpg 2.2 (Debian 12) and sqv read, so administrators
   // can check our signatures with the tools they already have.
+  // RSA keys are v4 too (openpgp.js makes v6 keys only when asked), which GRUB requires.
+  const algorithm = opts.type === 'rsa'
+    ? { type: 'rsa' as const, rsaBits: opts.rsaBits ?? BOOT_RSA_BITS }
+    : { type: 'ecc' as const, curve: 'ed25519Legacy' as const };
   const { privateKey, publicKey } = await openpgp.generateKey({
-    type: 'ecc',
-    curve: 'ed25519Legacy',
+    ...algorithm,
     userIDs: [{ name: `liveup ${opts.name}`, ...(opts.email ? { email: opts.email } : {}) }],
     format: 'armored',
     ...(opts.createdAt ? { date: opts.createdAt } : {}),

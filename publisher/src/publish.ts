@@ -20,6 +20,8 @@ import {
 } from '../../agent/src/channel/schema.js';
 import { signDetached, type PinnedKeyring } from '../../agent/src/channel/signature.js';
 import { fsyncDir, fsyncTree, symlinkAtomic } from '../../agent/src/util/fsatomic.js';
+import { BOOT_CFG_FILE, renderBootCfg } from '../../agent/src/core/signedboot.js';
+import { assertGrubKey, signForGrub } from './bootsign.js';
 import { GENDIR_FILES, hostArchitecture, kernelVersionOf, readGendirMeta, requireGendirFiles } from './generation.js';
 import { allIndexes, cleanLeftovers, existingVersions, readCurrentIndex, withRepoLock } from './repo.js';
 
@@ -28,6 +30,12 @@ export interface PublishOptions {
   readonly channel: string;
   readonly gendir: string;
   readonly keys: readonly openpgp.PrivateKey[];
+  /**
+   * The RSA boot key (bootsign.ts): with it the generation also carries
+   * `boot.cfg` and GRUB-readable signatures of it, the kernel and the initrd,
+   * listed in the manifest like every artifact (signed boot, docs/boot.md).
+   */
+  readonly bootKey?: openpgp.PrivateKey;
   /** How long the new index stays valid (ms). Agents refuse an expired index. */
   readonly indexTtlMs: number;
   /** How long the manifest stays valid (ms). */
@@ -66,6 +74,7 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
     throw new LiveupError('INVALID_ARGUMENT', `channel "${opts.channel}" must match ${CHANNEL_RE} (lower-case letters, digits, ".", "_", "-")`);
   }
   if (opts.keys.length === 0) throw new LiveupError('INVALID_ARGUMENT', 'at least one signing key (--key) is needed');
+  if (opts.bootKey) assertGrubKey(opts.bootKey, 'the boot key');
   await requireGendirFiles(opts.gendir);
   const meta = await readGendirMeta(opts.gendir);
   const now = opts.now ?? new Date();
@@ -116,6 +125,12 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
       log(`hashed ${file}: ${d.length} bytes, sha512 ${d.sha512.slice(0, 16)}… (${Date.now() - t0} ms)`);
       await step(`artifact:${file}`);
     }
+    const cmdline = opts.cmdline ?? meta.kernel?.cmdline ?? DEFAULT_CMDLINE;
+    if (opts.bootKey) {
+      artifacts.push(...(await signBoot(tmp, version, cmdline, artifacts, opts.bootKey, now)));
+      log(`signed ${BOOT_CFG_FILE}, ${GENDIR_FILES.kernel} and ${GENDIR_FILES.initrd} with the boot key ${opts.bootKey.getKeyID().toHex().toUpperCase()}`);
+      await step('boot-signed');
+    }
     const manifestChanges: PackageChange[] = [];
     if (changes.length) await mkdir(join(tmp, 'debs'));
     for (const [i, c] of changes.entries()) {
@@ -151,7 +166,7 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
       expires: new Date(now.getTime() + opts.manifestTtlMs).toISOString(),
       kernel: {
         version: meta.kernel?.version ?? (await kernelVersionOf(join(opts.gendir, GENDIR_FILES.kernel))) ?? 'unknown',
-        cmdline: opts.cmdline ?? meta.kernel?.cmdline ?? DEFAULT_CMDLINE,
+        cmdline,
       },
       artifacts,
       changes: manifestChanges,
@@ -196,6 +211,32 @@ export async function publish(opts: PublishOptions): Promise<PublishResult> {
     log(`signed channel ${opts.channel} index, sequence ${index.sequence}, latest ${String(index.latest)}`);
     return { version, channel: opts.channel, sequence: index.sequence, manifest, manifestPath: join(final, MANIFEST_FILE) };
   });
+}
+
+/**
+ * Signed boot: `boot.cfg` (with the squashfs's digest on its command line)
+ * and a GRUB-readable signature for it, the kernel and the initrd, written
+ * into the generation being assembled. Signs the copies just hashed, so the
+ * signatures and the manifest's digests are over the same bytes.
+ */
+async function signBoot(dir: string, version: number, cmdline: string, hashed: readonly Artifact[], key: openpgp.PrivateKey, now: Date): Promise<Artifact[]> {
+  const squashfs = hashed.find((a) => a.role === 'squashfs');
+  if (!squashfs) throw new LiveupError('INTERNAL', 'signed boot: the squashfs was not hashed first');
+  const cfg = Buffer.from(renderBootCfg({ version, cmdline, squashfsSha512: squashfs.sha512 }));
+  await writeFile(join(dir, BOOT_CFG_FILE), cfg);
+  const out: Artifact[] = [{ role: 'boot-config', path: BOOT_CFG_FILE, length: cfg.length, sha512: createSha512(cfg) }];
+  const signed: [ArtifactRole, string, Uint8Array][] = [
+    ['boot-config-sig', BOOT_CFG_FILE, cfg],
+    ['kernel-sig', GENDIR_FILES.kernel, await readFile(join(dir, GENDIR_FILES.kernel))],
+    ['initrd-sig', GENDIR_FILES.initrd, await readFile(join(dir, GENDIR_FILES.initrd))],
+  ];
+  for (const [role, file, bytes] of signed) {
+    const sig = await signForGrub(bytes, key, now);
+    // GRUB looks for exactly `<file>.sig` beside the file it opens.
+    await writeFile(join(dir, `${file}${SIG_SUFFIX}`), sig);
+    out.push({ role, path: `${file}${SIG_SUFFIX}`, length: sig.length, sha512: createSha512(sig) });
+  }
+  return out;
 }
 
 function createSha512(b: Uint8Array): string {

@@ -3,6 +3,7 @@
  * written by the real publisher and read back through the real client, so the
  * Verified… values are minted the only way they can be.
  */
+import type * as openpgp from 'openpgp';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fetchVerifiedIndex, fetchVerifiedManifest } from '../../agent/src/channel/client.js';
@@ -27,11 +28,11 @@ export interface PublishedGeneration {
   artifact(role: Artifact['role']): Artifact;
 }
 
-export async function publishVerified(dir: string, opts: { kernelBytes?: number } = {}): Promise<PublishedGeneration> {
+export async function publishVerified(dir: string, opts: { kernelBytes?: number; bootKey?: openpgp.PrivateKey } = {}): Promise<PublishedGeneration> {
   const key = await makeKey(join(dir, 'key'));
   const repo = join(dir, 'repo');
   const gen = await makeGendir(join(dir, 'work'), { kernelBytes: opts.kernelBytes });
-  await publish({ repo, channel: 'stable', gendir: gen, keys: [key.priv], indexTtlMs: 86400e3, manifestTtlMs: 86400e3 });
+  await publish({ repo, channel: 'stable', gendir: gen, keys: [key.priv], indexTtlMs: 86400e3, manifestTtlMs: 86400e3, ...(opts.bootKey ? { bootKey: opts.bootKey } : {}) });
   const src = openSource(repo);
   const trust = { keyring: key.keyring, threshold: 1, now: new Date() };
   const index = await fetchVerifiedIndex(src, { ...trust, channel: 'stable', minSequence: 0 });

@@ -16,6 +16,7 @@ import { startPrivateBus, type PrivateBus } from '../helpers/dbus.js';
 import { bin, collect, runCli } from '../helpers/cli.js';
 import { publish } from '../../publisher/src/publish.js';
 import { serve, type RunningServer } from '../../publisher/src/serve.js';
+import { Journal } from '../../agent/src/adapters/journal.js';
 
 interface Machine {
   dir: string;
@@ -230,8 +231,38 @@ describe('liveup-agentd and agentctl', () => {
     }
     // A wrong value is refused by name and the running configuration kept.
     await writeFile(join(m.dropIns, '50-verify.json'), JSON.stringify({ grubVerify: 'md5' }));
-    await waitFor("the bad drop-in refused", async () => /new configuration refused/.test(m.log()) && /50-verify\.json: expected one of \\"off\\", \\"sha512\\", got the string \\"md5\\" at \\"grubVerify\\"/.test(m.log()));
+    await waitFor("the bad drop-in refused", async () => /new configuration refused/.test(m.log()) && /50-verify\.json: expected one of \\"off\\", \\"sha512\\", \\"signature\\", got the string \\"md5\\" at \\"grubVerify\\"/.test(m.log()));
     expect(await readFile(join(m.boot, 'grub', 'grub.cfg'), 'utf8')).toBe(cfg);
+  });
+
+  it('grubVerify signature: the agent writes only its choices into grubenv and the good block, never a grub.cfg', async () => {
+    const m = await machine();
+    await mkdir(m.dropIns, { recursive: true });
+    await writeFile(join(m.dropIns, '50-verify.json'), JSON.stringify({ grubVerify: 'signature' }));
+    await waitFor('config reload', async () => m.log().includes('configuration reloaded'));
+    const before = await readFile(join(m.boot, 'grub', 'grub.cfg'), 'utf8').catch(() => null);
+    expect(await m.json<{ outcome: string }>(['update'])).toMatchObject({ outcome: 'staged', version: 2 });
+    // The trial and the good choice, for the static menu in the signed GRUB image.
+    expect(grubenv(m.boot)).toMatchObject({ liveup_default: '1', liveup_fallback: '1', liveup_try_version: '2', liveup_tries_left: '1' });
+    const good = execFileSync('grub-editenv', [join(m.boot, 'grub', 'liveup-good.env'), 'list']).toString();
+    expect(good.trim().split('\n').sort()).toEqual(['liveup_default=1', 'liveup_fallback=1']);
+    // grub.cfg is left as it was (GRUB does not read it in this mode).
+    expect(await readFile(join(m.boot, 'grub', 'grub.cfg'), 'utf8').catch(() => null)).toBe(before);
+  });
+
+  it('a switch cut off by the switch itself: closed as done when its target booted, as interrupted when not', async () => {
+    const m = await machine();
+    await m.stopDaemon();
+    // What a kexec (or soft-reboot) leaves: its step opened, the old userspace gone before it ended.
+    const j = Journal.open(join(m.state, 'journal.db'));
+    j.beginStep('kexec', 2);
+    j.beginStep('reboot', 3);
+    j.close();
+    await writeFile(join(m.runDir, 'booted'), '2\n'); // generation 2 came up
+    await m.startDaemon();
+    const history = await m.json<{ kind: string; status: string; version: number | null; message: string | null }[]>(['history']);
+    expect(history).toContainEqual(expect.objectContaining({ kind: 'apply', version: 2, status: 'succeeded', message: expect.stringMatching(/kexec into 2 landed: generation 2 is booted/) }));
+    expect(history).toContainEqual(expect.objectContaining({ kind: 'apply', version: 3, status: 'failed', message: expect.stringMatching(/interrupted/) }));
   });
 
   it('kill -9 mid-download, restart, resumes from the .part with a Range request', async () => {

@@ -96,6 +96,31 @@ describe('liveup-boot-check', () => {
     expect(menu).toContain('if hashsum --hash sha512 --prefix /live/1 --check /live/1/SHA512SUMS ; then');
   });
 
+  test('signed boot (setting "signature"): the verdict goes into grubenv and the good block, no grub.cfg is written', async () => {
+    const j = Journal.open(join(e.stateDir, 'journal.db'));
+    j.setSetting('boot-menu-verify', 'signature');
+    j.close();
+    const { rm } = await import('node:fs/promises');
+    await rm(join(e.bootDir, 'grub', 'grub.cfg')); // a signed-boot medium has none
+    const good = join(e.bootDir, 'grub', 'liveup-good.env');
+    await writeFile(good, 'damaged'); // recreated, not left for GRUB to skip
+    expect((await bootCheck({ ...e, config: cfg(), reboot: false })).verdict).toBe('good');
+    expect(grubenvList(e).trim().split('\n').sort()).toEqual(['liveup_default=2', 'liveup_fallback=1', 'other=kept']);
+    expect(execFileSync('grub-editenv', [good, 'list'], { encoding: 'utf8' }).trim().split('\n').sort()).toEqual(['liveup_default=2', 'liveup_fallback=1']);
+    expect(existsSync(join(e.bootDir, 'grub', 'grub.cfg'))).toBe(false);
+
+    // The next trial fails its checks: the good generation stays the default.
+    const j2 = Journal.open(join(e.stateDir, 'journal.db'));
+    j2.upsertGeneration({ version: 3, name: 'kiosk', channel: 'stable', state: 'booted', kernelVersion: '6.12', cmdline: 'boot=live components' });
+    j2.close();
+    await mkdir(join(e.bootDir, 'live', '3'));
+    await writeFile(join(e.runDir, 'booted'), '3\n');
+    await script(join(e.checksDir, '20-bad'), 'exit 1');
+    expect((await bootCheck({ ...e, config: cfg(), reboot: false })).verdict).toBe('failed');
+    expect(grubenvList(e)).toMatch(/^liveup_default=2$/m);
+    expect(execFileSync('grub-editenv', [good, 'list'], { encoding: 'utf8' })).toMatch(/^liveup_default=2$/m);
+  });
+
   test('a required check fails: failed in the journal, reboot requested, default stays the last good', async () => {
     await script(join(e.checksDir, '10-ok'), 'exit 0');
     await script(join(e.checksDir, '20-bad'), 'echo broken >&2; exit 4');

@@ -15,6 +15,10 @@ import { makeGendir, makeKey } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/cli.js';
 import { publish } from '../../publisher/src/publish.js';
 import { mbrSector, planPartitions } from '../../publisher/src/disk.js';
+import { generateKey } from '../../publisher/src/key.js';
+import { grubPublicKeyBytes, loadBootPublicKey } from '../../publisher/src/bootsign.js';
+import { loadPrivateKey } from '../../agent/src/channel/signature.js';
+import { renderEarlyConfig, renderStaticMenu } from '../../agent/src/core/signedboot.js';
 
 const sh = (cmd: string, args: string[], cwd?: string) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...(cwd ? { cwd } : {}) });
 
@@ -94,6 +98,84 @@ describe('liveup disk', () => {
     expect(await readdir(join(dir, 'out'))).toEqual(['machine.img']);
     // And the image in place is not replaced without --force.
     expect((await runCli('liveup', ['disk', '--gendir', gendir, '--out', img])).stderr).toMatch(/exists; pass --force/);
-    expect((await runCli('liveup', ['disk', '--gendir', gendir, '--out', img2, '--grub-verify', 'md5'])).stderr).toMatch(/--grub-verify must be off or sha512, got "md5"/);
+    expect((await runCli('liveup', ['disk', '--gendir', gendir, '--out', img2, '--grub-verify', 'md5'])).stderr).toMatch(/--grub-verify must be off, sha512, signature, got "md5"/);
   });
+
+  it('signed boot: GRUB images carry the boot key, the modules and the static menu; the medium holds signed generations and grubenv only', async () => {
+    const dir = await tmp();
+    const key = await makeKey(join(dir, 'keys'));
+    const bootKey = await generateKey({ outDir: join(dir, 'keys'), name: 'boot', type: 'rsa', rsaBits: 2048 });
+    const repo = join(dir, 'repo');
+    await publish({
+      repo, channel: 'stable', gendir: await makeGendir(join(dir, 'g')), keys: [key.priv], bootKey: await loadPrivateKey(bootKey.privateKeyPath),
+      indexTtlMs: 86400e3, manifestTtlMs: 86400e3, cmdline: 'boot=live components console=ttyS0,115200',
+    });
+    // And one published without the boot key, which a signed-boot disk cannot hold.
+    await publish({ repo, channel: 'stable', gendir: await makeGendir(join(dir, 'g2')), keys: [key.priv], indexTtlMs: 86400e3, manifestTtlMs: 86400e3 });
+    const gendir = join(repo, 'generations', '1');
+    await mkdir(join(dir, 'out'));
+    const img = join(dir, 'out', 'signed.img');
+    const size = ['--size', '400M', '--data-size', '64M'];
+    const r = await runCli('liveup', ['disk', '--gendir', gendir, '--out', img, '--keyring', key.pubPath, ...size, '--serial', '--grub-verify', 'signature', '--boot-pubkey', bootKey.publicKeyPath, '--json']);
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    expect(r.stderr).toMatch(/boot signatures verified/);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, version: 1, firmware: ['bios', 'uefi'] });
+
+    const loop = sh('losetup', ['-f', '--show', img]).trim();
+    const mnt = join(dir, 'mnt');
+    let efi: Buffer;
+    try {
+      sh('partx', ['-a', loop]);
+      for (let i = 0; i < 50 && !existsSync(`${loop}p3`); i++) execFileSync('sleep', ['0.1']);
+      await mkdir(mnt);
+      sh('mount', ['-o', 'ro', `${loop}p1`, mnt]);
+      try {
+        expect((await readdir(join(mnt, 'live', '1'))).sort()).toEqual([
+          'SHA512SUMS', 'boot.cfg', 'boot.cfg.sig', 'filesystem.squashfs', 'initrd.img', 'initrd.img.sig', 'manifest.json', 'manifest.json.sig', 'vmlinuz', 'vmlinuz.sig',
+        ]);
+        // GRUB reads no grub.cfg and loads no module from the medium in this mode: none is there to tamper with.
+        expect((await readdir(join(mnt, 'grub'))).sort()).toEqual(['grubenv', 'liveup-good.env']);
+        for (const f of ['grubenv', 'liveup-good.env']) {
+          expect(sh('grub-editenv', [join(mnt, 'grub', f), 'list']).trim().split('\n').sort()).toEqual(['liveup_default=1', 'liveup_fallback=1']);
+        }
+        expect(sh('sha512sum', ['-c', '--strict', join(mnt, 'live', '1', 'SHA512SUMS')], join(mnt, 'live', '1'))).toMatch(/boot\.cfg\.sig: OK/);
+      } finally {
+        sh('umount', [mnt]);
+      }
+      execFileSync('mcopy', ['-i', `${loop}p3`, '::/EFI/BOOT/BOOTX64.EFI', join(dir, 'BOOTX64.EFI')]);
+      efi = readFileSync(join(dir, 'BOOTX64.EFI'));
+    } finally {
+      execFileSync('sh', ['-c', `partx -d ${loop} 2>/dev/null; losetup -d ${loop}`]);
+    }
+    // The UEFI image is not compressed: the key (binary, as GRUB reads it), the early config, the
+    // static menu (a ustar memdisk) and the modules can be found in it byte for byte.
+    const pub = grubPublicKeyBytes(await loadBootPublicKey(bootKey.publicKeyPath), bootKey.publicKeyPath);
+    expect(pub[0]! & 0x80).toBe(0x80); // OpenPGP packets, not armor
+    expect(efi.indexOf(Buffer.from(pub))).toBeGreaterThan(0);
+    expect(efi.indexOf(Buffer.from(renderEarlyConfig('/live/.liveup-boot')))).toBeGreaterThan(0);
+    const menu = renderStaticMenu({ serial: true, timeoutSeconds: 1, diskVersion: 1 });
+    expect(efi.indexOf(Buffer.from(menu))).toBeGreaterThan(0);
+    const menuFile = join(dir, 'static.cfg');
+    await appendFile(menuFile, menu);
+    execFileSync('grub-script-check', [menuFile]);
+    for (const mod of ['pgp', 'gcry_rsa', 'gcry_sha512', 'verifiers', 'regexp', 'memdisk', 'tar', 'loadenv', 'linux', 'boot', 'normal']) {
+      expect(efi.indexOf(Buffer.from(`${mod}\0`)), mod).toBeGreaterThan(0);
+    }
+    // BIOS: core.img (compressed) with the same inputs, in the MBR gap.
+    expect(readFileSync(img).subarray(512, 1024).some((b) => b !== 0)).toBe(true);
+
+    // Refused, nothing written: no key, a key that did not sign the generation, an Ed25519 key, an unsigned generation.
+    const img2 = join(dir, 'out', 'two.img');
+    const other = await generateKey({ outDir: join(dir, 'other'), name: 'boot', type: 'rsa', rsaBits: 2048 });
+    const noKey = await runCli('liveup', ['disk', '--gendir', gendir, '--out', img2, ...size, '--grub-verify', 'signature']);
+    expect([noKey.code, noKey.stderr]).toEqual([2, expect.stringMatching(/--grub-verify signature needs --boot-pubkey/)]);
+    const wrong = await runCli('liveup', ['disk', '--gendir', gendir, '--out', img2, ...size, '--grub-verify', 'signature', '--boot-pubkey', other.publicKeyPath]);
+    expect(wrong.code).not.toBe(0);
+    expect(wrong.stderr).toMatch(/KEY_NOT_TRUSTED|SIGNATURE/);
+    const ed = await runCli('liveup', ['disk', '--gendir', gendir, '--out', img2, ...size, '--grub-verify', 'signature', '--boot-pubkey', key.pubPath]);
+    expect([ed.code, ed.stderr]).toEqual([2, expect.stringMatching(/eddsaLegacy \(ed25519Legacy\) key cannot be a boot key/)]);
+    const unsigned = await runCli('liveup', ['disk', '--gendir', join(repo, 'generations', '2'), '--out', img2, ...size, '--grub-verify', 'signature', '--boot-pubkey', bootKey.publicKeyPath]);
+    expect([unsigned.code, unsigned.stderr]).toEqual([2, expect.stringMatching(/generation 2 has no signed boot .*liveup publish --boot-key/)]);
+    expect(await readdir(join(dir, 'out'))).toEqual(['signed.img']);
+  }, 180_000);
 });

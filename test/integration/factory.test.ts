@@ -88,6 +88,12 @@ describe.skipIf(skip)('liveup build / derive (real debootstrap and apt)', () => 
     expect(has(/ \/proc\/./)).toBe(false);
     // Timestamps are all 0 (-all-time 0): reproducible images.
     expect(l.filter((x) => x.includes(' /etc/')).every((x) => x.includes('1970-01-01'))).toBe(true);
+    // With every mtime 0 systemd would rebuild the linker cache and the journal catalog at every
+    // boot (ConditionNeedsUpdate): rebuilt at build time, the units masked.
+    for (const unit of ['ldconfig', 'systemd-journal-catalog-update', 'systemd-update-done']) {
+      expect(has(new RegExp(`^l\\S+ .* /etc/systemd/system/${unit}\\.service -> /dev/null$`)), unit).toBe(true);
+    }
+    expect(has(/ \/etc\/ld\.so\.cache$/)).toBe(true);
 
     const pk = JSON.parse(await readFile(join(gen1, 'packages.json'), 'utf8')) as { format: number; packages: Record<string, string> };
     expect(pk.format).toBe(1);
@@ -126,6 +132,7 @@ describe.skipIf(skip)('liveup build / derive (real debootstrap and apt)', () => 
     const l = listing(join(gen2, 'filesystem.squashfs'));
     expect(l.some((x) => / \/usr\/bin\/hello$/.test(x))).toBe(true);
     expect(l.some((x) => / \/usr\/bin\/less$/.test(x))).toBe(false);
+    expect(l.some((x) => / \/etc\/systemd\/system\/ldconfig\.service -> \/dev\/null$/.test(x))).toBe(true);
     // The child is publishable: its parent is in the channel and every .deb is there.
     const pub2 = await cli(['publish', '--repo', repo(), '--channel', 'stable', '--key', join(dir, 'keys', 'ops.key.asc'), gen2]);
     expect(pub2.code, pub2.stderr).toBe(0);

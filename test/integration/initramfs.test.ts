@@ -1,7 +1,7 @@
 /** The initramfs script that records the booted generation, run with busybox-compatible sh on the host. */
 import { describe, expect, test } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { mkdir, readFile, writeFile, chmod } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile, chmod } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -144,6 +144,28 @@ describe('initramfs-hooks/scripts/init-premount/liveup-verify', () => {
     expect(await verify(m, CMD.replace(' liveup.verify=1', ''))).toBe(0);
     expect(await verify(m, CMD.replace('liveup.verify=1', 'liveup.verify=0'))).toBe(0);
     expect(existsSync(m.panicLog)).toBe(false);
+  });
+
+  test('signed boot: the digest on the command line (from the signed boot.cfg) is checked without liveup.verify=1 or a manifest', async () => {
+    const SIGNED = 'boot=live live-media-path=/live/3 liveup.generation=3';
+    const squash = await readFile(join((await medium()).medium, 'live/3/filesystem.squashfs'));
+    const sha = createHash('sha512').update(squash).digest('hex');
+    const m = await medium();
+    await rm(join(m.medium, 'live/3/manifest.json')); // not needed, and its absence must not skip the check
+    expect(await verify(m, `${SIGNED} liveup.squashfs_sha512=${sha}`)).toBe(0);
+    expect(existsSync(m.panicLog)).toBe(false);
+    // The manifest agrees with the medium, the signed value does not: the signed value wins.
+    const m2 = await medium();
+    expect(await verify(m2, `${SIGNED} liveup.squashfs_sha512=${'0'.repeat(128)}`)).toBe(1);
+    expect(await readFile(m2.panicLog, 'utf8')).toMatch(/does not match the signed command line/);
+    // Fails closed: a malformed digest, or no medium holding the squashfs.
+    const m3 = await medium();
+    expect(await verify(m3, `${SIGNED} liveup.squashfs_sha512=${sha.toUpperCase()}`)).toBe(1);
+    expect(await readFile(m3.panicLog, 'utf8')).toMatch(/not a lower-case hex SHA-512/);
+    const m4 = await medium();
+    await rm(join(m4.medium, 'live/3/filesystem.squashfs'));
+    expect(await verify(m4, `${SIGNED} liveup.squashfs_sha512=${sha}`)).toBe(1);
+    expect(await readFile(m4.panicLog, 'utf8')).toMatch(/the signed squashfs cannot be checked/);
   });
 
   test('live-media-path defaults to /live/<generation>', async () => {

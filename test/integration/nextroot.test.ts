@@ -1,21 +1,44 @@
 /** soft-reboot's /run/nextroot, mounted for real into a temporary directory (root only). */
 import { describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmp } from '../helpers/tmp.js';
 import { handOverToNextRoot, prepareNextRoot, teardownNextRoot } from '../../agent/src/adapters/nextroot.js';
 import { bootId } from '../../agent/src/adapters/host.js';
+import { run } from '../../agent/src/adapters/exec.js';
+import type { Runner } from '../../agent/src/adapters/exec.js';
 
-const mounted = (p: string) => readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === p);
+const mounted = (p: string, pid: number | 'self' = 'self') => readFileSync(`/proc/${pid}/mounts`, 'utf8').split('\n').some((l) => l.split(' ')[1] === p);
+
+/**
+ * A process in a mount namespace of its own (private: nothing propagates
+ * either way), standing for PID 1 while the test plays a sandboxed agent.
+ */
+async function namespaceHolder(): Promise<ChildProcess & { pid: number }> {
+  const child = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '600'], { stdio: 'ignore' });
+  const ours = readlinkSync('/proc/self/ns/mnt');
+  for (let i = 0; i < 100; i++) {
+    const theirs = child.pid ? (() => { try { return readlinkSync(`/proc/${child.pid}/ns/mnt`); } catch { return ours; } })() : ours;
+    if (theirs !== ours) return child as ChildProcess & { pid: number };
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  child.kill();
+  throw new Error('unshare did not enter a new mount namespace');
+}
+
+async function squashfsWithGeneration(dir: string, generation: string): Promise<string> {
+  await mkdir(join(dir, 'tree', 'etc'), { recursive: true });
+  await writeFile(join(dir, 'tree', 'etc', 'generation'), generation);
+  execFileSync('mksquashfs', [join(dir, 'tree'), join(dir, 'fs.squashfs'), '-quiet', '-no-progress']);
+  return join(dir, 'fs.squashfs');
+}
 
 describe.skipIf(process.getuid?.() !== 0)('prepareNextRoot', () => {
   it('the target generation is writable on top of its read-only image, persistent data is the same directory', async () => {
     const dir = await tmp();
-    await mkdir(join(dir, 'tree', 'etc'), { recursive: true });
-    await writeFile(join(dir, 'tree', 'etc', 'generation'), '4\n');
-    execFileSync('mksquashfs', [join(dir, 'tree'), join(dir, 'fs.squashfs'), '-quiet', '-no-progress']);
+    await squashfsWithGeneration(dir, '4\n');
     const data = join(dir, 'data');
     await mkdir(data);
     await writeFile(join(data, 'journal.db'), 'state');
@@ -31,6 +54,43 @@ describe.skipIf(process.getuid?.() !== 0)('prepareNextRoot', () => {
       await teardownNextRoot(mounts);
     }
     for (const m of mounts) expect(mounted(m)).toBe(false);
+  });
+
+  it('from a sandboxed namespace, the new root is mounted where PID 1 looks (nsenter), not in the caller\'s', async () => {
+    // The agent's unit has ProtectControlGroups=yes, so its own (slave) mount namespace; systemd
+    // soft-reboots into whatever *its* namespace has at /run/nextroot.
+    const dir = await tmp();
+    const init = await namespaceHolder();
+    try {
+      const o = { squashfs: await squashfsWithGeneration(dir, '5\n'), nextroot: join(dir, 'nextroot'), scratch: join(dir, 'scratch'), initPid: init.pid };
+      const mounts = await prepareNextRoot(o);
+      expect(mounts).toContain(o.nextroot);
+      expect(mounted(o.nextroot, init.pid)).toBe(true);
+      expect(mounted(o.nextroot)).toBe(false);
+      expect(readFileSync(join(`/proc/${init.pid}/root`, o.nextroot, 'etc', 'generation'), 'utf8')).toBe('5\n');
+      // The hand-over writes into the new root as PID 1 sees it.
+      await writeFile(join(dir, 'machine-id'), '0123456789abcdef0123456789abcdef\n');
+      await handOverToNextRoot({ runDir: join(dir, 'run'), version: 5, nextroot: o.nextroot, machineId: join(dir, 'machine-id'), initPid: init.pid });
+      expect(readFileSync(join(`/proc/${init.pid}/root`, o.nextroot, 'etc', 'machine-id'), 'utf8')).toBe('0123456789abcdef0123456789abcdef\n');
+      await teardownNextRoot(mounts, undefined, init.pid);
+      for (const m of mounts) expect(mounted(m, init.pid)).toBe(false);
+    } finally {
+      init.kill();
+    }
+  });
+
+  it('a new root that PID 1 cannot see is refused and unmounted', async () => {
+    const dir = await tmp();
+    const init = await namespaceHolder();
+    // A sandbox that swallows the mount: it lands in the caller's namespace only.
+    const swallowing: Runner = (cmd, args, opts) => (cmd === 'nsenter' ? run(args[2]!, args.slice(3), opts) : run(cmd, args, opts));
+    try {
+      const o = { squashfs: await squashfsWithGeneration(dir, '5\n'), nextroot: join(dir, 'nextroot'), scratch: join(dir, 'scratch'), initPid: init.pid };
+      await expect(prepareNextRoot(o, swallowing)).rejects.toThrow(/not mounted where PID \d+ \(systemd\) looks/);
+      for (const p of [join(dir, 'scratch', 'lower'), join(dir, 'scratch', 'rw'), o.nextroot]) expect(mounted(p)).toBe(false);
+    } finally {
+      init.kill();
+    }
   });
 
   it('a step that fails undoes the mounts before it', async () => {

@@ -13,6 +13,8 @@ import { isLiveupError, type LiveupError } from '../../agent/src/channel/errors.
 import type { VerifiedArtifact } from '../../agent/src/channel/verify.js';
 import { publishVerified, type PublishedGeneration } from '../helpers/channel.js';
 import { tmp } from '../helpers/tmp.js';
+import { generateKey } from '../../publisher/src/key.js';
+import { loadPrivateKey } from '../../agent/src/channel/signature.js';
 
 const mounts: string[] = [];
 afterEach(() => {
@@ -77,6 +79,25 @@ describe('stageGeneration', () => {
     expect(await readdir(downloads)).toEqual([]);
     expect(await listStaged(bootDir)).toEqual([pub.verified.manifest.version]);
   });
+
+  it('a signed-boot generation (publish --boot-key) stages boot.cfg and the GRUB signatures under the names GRUB opens', async () => {
+    const dir = await tmp();
+    const bootKey = await generateKey({ outDir: join(dir, 'bootkey'), name: 'boot', type: 'rsa', rsaBits: 2048 });
+    const pub = await publishVerified(join(dir, 'pub'), { bootKey: await loadPrivateKey(bootKey.privateKeyPath) });
+    const downloads = join(dir, 'dl');
+    await mkdir(downloads);
+    const bootDir = join(dir, 'boot');
+    await mkdir(bootDir);
+    await stageGeneration({ bootDir, manifest: pub.verified, manifestSig: pub.sig, artifacts: await fetchAll(pub, downloads), reserveBytes: 0 });
+    const gdir = join(bootDir, 'live', String(pub.verified.manifest.version));
+    expect((await readdir(gdir)).sort()).toEqual([
+      'SHA512SUMS', 'boot.cfg', 'boot.cfg.sig', 'filesystem.squashfs', 'initrd.img', 'initrd.img.sig', 'manifest.json', 'manifest.json.sig', 'vmlinuz', 'vmlinuz.sig',
+    ]);
+    for (const role of ['boot-config', 'boot-config-sig', 'kernel-sig', 'initrd-sig'] as const) {
+      expect((await readFile(join(gdir, BOOT_FILES[role]))).equals(await pub.bytes(pub.artifact(role)))).toBe(true);
+    }
+    expect((await readFile(join(gdir, 'SHA512SUMS'), 'utf8')).trim().split('\n')).toHaveLength(7);
+  }, 60_000);
 
   it('copies (re-verifying) when the downloads are on another file system', async () => {
     const dir = await tmp();

@@ -51,6 +51,21 @@ describe('parseManifest', () => {
     expect(() => parseManifest(edit(f), 'generations/3/manifest.json')).toThrow(expect.objectContaining({ code: 'METADATA_INVALID', message: expect.stringMatching(msg) }));
   });
 
+  it('signed boot: boot.cfg and the three GRUB signatures, all four or none, each once', () => {
+    const signed = [
+      { role: 'boot-config', path: 'boot.cfg', length: 1, sha512: sha },
+      { role: 'boot-config-sig', path: 'boot.cfg.sig', length: 1, sha512: sha },
+      { role: 'kernel-sig', path: 'vmlinuz.sig', length: 1, sha512: sha },
+      { role: 'initrd-sig', path: 'initrd.img.sig', length: 1, sha512: sha },
+    ];
+    const withArtifacts = (extra: unknown[]) => edit((m) => (m.artifacts = [...(m.artifacts as unknown[]), ...extra]));
+    expect(parseManifest(withArtifacts(signed)).artifacts.map((a) => a.role)).toEqual(['squashfs', 'kernel', 'initrd', 'boot-config', 'boot-config-sig', 'kernel-sig', 'initrd-sig']);
+    expect(() => parseManifest(withArtifacts(signed.slice(0, 3)))).toThrow(/a signed boot needs all of .*; found only boot-config, boot-config-sig, kernel-sig/);
+    expect(() => parseManifest(withArtifacts([...signed, { ...signed[2], path: 'other.sig' }]))).toThrow(/more than one artifact with role "kernel-sig"/);
+    // A manifest from before signed boot is as valid as ever.
+    expect(parseManifest(serialize(base)).artifacts).toHaveLength(3);
+  });
+
   it('names the file in the error', () => {
     expect(() => parseManifest('{', 'generations/3/manifest.json')).toThrow(/^generations\/3\/manifest\.json: not valid JSON/);
   });

@@ -17,9 +17,9 @@ import { spawn } from 'node:child_process';
  * Run a command without blocking the test worker (a synchronous minutes-long
  * build starves vitest's worker RPC): stdout is returned, stderr shown.
  */
-export function runAsync(cmd: string, args: readonly string[], opts: { timeoutMs?: number } = {}): Promise<string> {
+export function runAsync(cmd: string, args: readonly string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, [...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(cmd, [...args], { stdio: ['ignore', 'pipe', 'inherit'], env: opts.env ?? process.env });
     let out = '';
     child.stdout.on('data', (d: Buffer) => { out += d.toString(); process.stdout.write(d); });
     const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGTERM'), opts.timeoutMs) : null;
@@ -30,6 +30,28 @@ export function runAsync(cmd: string, args: readonly string[], opts: { timeoutMs
       else reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? sig})`));
     });
   });
+}
+
+/**
+ * Builds (`liveup build`/`derive`, packaging/build) share the factory's caches
+ * and the cached generations: with two VM slots (qemu.ts) two test files may
+ * want one at once, so each build runs under this lock. A `flock` child holds
+ * it, so it is released when the build ends and also when this process dies.
+ * Not reentrant: take it once, around the outermost build.
+ */
+export async function withBuildLock<T>(fn: () => Promise<T>): Promise<T> {
+  mkdirSync(VM_CACHE, { recursive: true });
+  const holder = spawn('flock', [join(VM_CACHE, '.build.lock'), 'sh', '-c', 'echo locked; exec cat >/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  await new Promise<void>((res, rej) => {
+    holder.stdout.once('data', () => res());
+    holder.once('error', rej);
+    holder.once('exit', (code) => rej(new Error(`flock on the build lock exited (${code})`)));
+  });
+  try {
+    return await fn();
+  } finally {
+    holder.stdin.end();
+  }
 }
 
 /** The checkout: two levels up from test/vm, or three from dist/test/vm (bench/boot runs compiled). */
@@ -108,6 +130,11 @@ function hookScript(agent?: AgentSetup): string {
     'WantedBy=multi-user.target',
     'LIVEUP_EOF',
     'systemctl enable liveup-vm-marker.service',
+    // A second marker once the boot check passed (its ExecStart exits 0 only then): systemd
+    // stops printing unit status on the console once the serial getty runs, so the
+    // boot check's own "Finished" line never shows there. BOOT_CHECK_PASSED in qemu.ts.
+    'mkdir -p /etc/systemd/system/liveup-boot-check.service.d',
+    `printf '[Service]\\nExecStartPost=/bin/sh -c "echo ${MARKER} boot-check-passed booted=$$(cat /run/liveup/booted) > /dev/ttyS0"\\n' > /etc/systemd/system/liveup-boot-check.service.d/vm-marker.conf`,
     // Root autologin on the serial console, for driving the guest.
     'mkdir -p /etc/systemd/system/serial-getty@ttyS0.service.d',
     `printf '[Service]\\nExecStart=\\nExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200 %%I $TERM\\n' > /etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf`,
@@ -166,12 +193,24 @@ export async function buildTestGeneration(log: (s: string) => void = () => {}, a
   const profile = testProfile(agent);
   const hook = hookScript(agent);
   const h = createHash('sha256').update(JSON.stringify(profile)).update('\0').update(hook);
+  // The factory's code makes the image too: a change there is tested on a fresh build.
+  const factory = join(REPO, 'publisher', 'src', 'factory');
+  for (const f of readdirSync(factory).filter((n) => n.endsWith('.ts')).sort()) h.update('\0').update(readFileSync(join(factory, f)));
   if (agent) h.update('\0').update(readFileSync(agent.deb));
   for (const d of agent?.extraDebs ?? []) h.update('\0').update(readFileSync(d));
   const hash = h.digest('hex').slice(0, 16);
   const dir = join(VM_CACHE, hash);
   const gendir = join(dir, 'gen');
   if (existsSync(join(dir, 'done')) && existsSync(join(gendir, 'vmlinuz'))) return { gendir, hash, cached: true };
+  return withBuildLock(async () => {
+    // Built by another test file while this one waited for the lock.
+    if (existsSync(join(dir, 'done')) && existsSync(join(gendir, 'vmlinuz'))) return { gendir, hash, cached: true };
+    return buildUnlocked(log, agent, { profile, hook, hash, dir, gendir });
+  });
+}
+
+async function buildUnlocked(log: (s: string) => void, agent: AgentSetup | undefined, o: { profile: Record<string, unknown>; hook: string; hash: string; dir: string; gendir: string }): Promise<BuiltGeneration> {
+  const { profile, hook, hash, dir, gendir } = o;
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(join(dir, 'profile', 'hooks'), { recursive: true });
   writeFileSync(join(dir, 'profile', 'profile.json'), JSON.stringify(profile, null, 2) + '\n');
@@ -201,11 +240,17 @@ export interface AgentGeneration extends BuiltGeneration {
 export async function buildAgentGeneration(log: (s: string) => void, channelUrl: string): Promise<AgentGeneration> {
   const debDir = join(VM_CACHE, 'debs');
   mkdirSync(debDir, { recursive: true });
-  const deb = (await runAsync(join(REPO, 'packaging', 'build'), ['--only', 'agent', '--no-tsc', '--out', debDir])).trim().split('\n').pop()!;
   const keys = join(VM_CACHE, 'keys');
-  if (!existsSync(join(keys, 'vm.pub.asc'))) await runAsync(join(REPO, 'bin', 'liveup'), ['key', 'generate', '--out', keys, '--name', 'vm']);
-  // The test service, version 1.0 (generation 2 upgrades it: a live replay must restart it).
-  const svc = serviceDeb(debDir, '1.0');
+  const { deb, svc } = await withBuildLock(async () => {
+    // A fixed SOURCE_DATE_EPOCH (packaging/build defaults to the last commit's time): the same
+    // agent code gives the same .deb bytes, so the cached generations (keyed by them) survive a
+    // commit that does not touch what the agent ships.
+    const built = (await runAsync(join(REPO, 'packaging', 'build'), ['--only', 'agent', '--no-tsc', '--out', debDir],
+      { env: { ...process.env, SOURCE_DATE_EPOCH: '1700000000' } })).trim().split('\n').pop()!;
+    if (!existsSync(join(keys, 'vm.pub.asc'))) await runAsync(join(REPO, 'bin', 'liveup'), ['key', 'generate', '--out', keys, '--name', 'vm']);
+    // The test service, version 1.0 (generation 2 upgrades it: a live replay must restart it).
+    return { deb: built, svc: serviceDeb(debDir, '1.0') };
+  });
   const built = await buildTestGeneration(log, { deb, keyringAsc: join(keys, 'vm.pub.asc'), channelUrl, extraDebs: [svc] });
   return { ...built, keys };
 }

@@ -12,6 +12,7 @@ import { openBus, type BusSpec } from '../dbus/bus.js';
 import { createSystemd } from './systemd.js';
 import { onPath } from '../util/path.js';
 import { SOFT_REBOOT_ID } from './nextroot.js';
+import { unescapeMount } from '../util/mountinfo.js';
 
 /**
  * This userspace boot's id: the kernel's boot_id, plus the id liveup wrote at
@@ -36,16 +37,8 @@ export async function kexecUnavailable(sys = { sysfs: '/sys', procfs: '/proc' })
   return null;
 }
 
-/**
- * null when systemd can soft-reboot (version 254 or later), else why not.
- * Switched off for now: in QEMU (test/vm, 2026-12-03) the switch restarted
- * userspace on the *old* root although /run/nextroot was mounted, so the
- * machine would say it runs the target while it does not. The engine then
- * picks kexec (docs/live.md). `LIVEUP_SOFT_REBOOT=1` turns it back on for
- * whoever debugs it.
- */
+/** null when systemd can soft-reboot (version 254 or later), else why not. */
 export async function softRebootUnavailable(bus: BusSpec = 'system'): Promise<string | null> {
-  if (process.env.LIVEUP_SOFT_REBOOT !== '1') return 'soft-reboot into a new root is switched off until it is proven (it restarted the old root in QEMU)';
   try {
     const v = await createSystemd(bus).version();
     return v >= 254 ? null : `systemd ${v} cannot soft-reboot (254 or later needed)`;
@@ -76,11 +69,6 @@ export async function sessions(bus: BusSpec = 'system'): Promise<Sessions> {
   } finally {
     conn?.disconnect();
   }
-}
-
-/** mountinfo's octal escapes (\040 for a space, …) decoded. */
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
 /**

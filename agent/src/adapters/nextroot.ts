@@ -7,12 +7,25 @@
  *
  * The plan is a pure list of mount steps (unit-tested); running it undoes
  * what it did when a step fails, so a refused soft-reboot leaves no mounts.
+ *
+ * The mounts must be made in PID 1's mount namespace: systemd looks at
+ * /run/nextroot from there. A unit with any mount sandboxing (PrivateTmp,
+ * ProtectControlGroups, ProtectSystem, …) runs in a namespace of its own,
+ * a *slave* of the machine's: mounts made in it never reach PID 1, and
+ * systemd then soft-reboots into the *old* root (seen in QEMU, 2026-12-03,
+ * with only ProtectControlGroups=yes left). So when the caller's namespace
+ * is not PID 1's, mounts run under `nsenter --mount=/proc/1/ns/mnt` and
+ * paths are reached through `/proc/1/root` (a path walk there uses PID 1's
+ * mounts); and the result is checked in PID 1's own mountinfo, so a new
+ * root PID 1 cannot see is refused rather than switched to.
  */
 import { randomUUID } from 'node:crypto';
-import { copyFile, mkdir, readFile, rm } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, readlink, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run as defaultRun, type Runner } from './exec.js';
+import { LiveupError } from '../channel/errors.js';
 import { writeFileAtomic } from '../util/fsatomic.js';
+import { mountPoints } from '../util/mountinfo.js';
 
 /** Beside `booted` in the run directory: this userspace boot's id after a soft-reboot (host.ts bootId). */
 export const SOFT_REBOOT_ID = 'soft-reboot-id';
@@ -26,6 +39,34 @@ export interface NextRootOptions {
   readonly scratch?: string;
   /** Mount points to carry over, bound at the same path in the new root (the data partition). */
   readonly persistent?: readonly string[];
+  /** The process whose mount namespace must see the new root (default 1: systemd). */
+  readonly initPid?: number;
+}
+
+/**
+ * How to act in `pid`'s mount namespace from this process: directly when it
+ * is ours, else through nsenter and /proc/PID/root.
+ */
+export interface NamespaceView {
+  readonly pid: number;
+  readonly same: boolean;
+  /** `p` as seen by `pid`. */
+  path(p: string): string;
+  /** `cmd args` run in `pid`'s mount namespace. */
+  command(cmd: string, args: readonly string[]): [string, string[]];
+}
+
+export async function namespaceOf(pid = 1): Promise<NamespaceView> {
+  // Unreadable (no CAP_SYS_PTRACE over it, as in some containers): act in ours;
+  // prepareNextRoot's check of PID 1's mountinfo still refuses what it cannot see.
+  const [ours, theirs] = await Promise.all([readlink('/proc/self/ns/mnt'), readlink(`/proc/${pid}/ns/mnt`).catch(() => null)]);
+  const same = theirs === null || ours === theirs;
+  return {
+    pid,
+    same,
+    path: (p) => (same ? p : join(`/proc/${pid}/root`, p)),
+    command: (cmd, args) => (same ? [cmd, [...args]] : ['nsenter', [`--mount=/proc/${pid}/ns/mnt`, '--', cmd, ...args]]),
+  };
 }
 
 export interface MountStep {
@@ -54,22 +95,30 @@ export function nextRootPlan(o: NextRootOptions): MountStep[] {
 
 /** Mount the plan; on failure unmount what was mounted, newest first, and rethrow. Returns the mount points, outermost last. */
 export async function prepareNextRoot(o: NextRootOptions, runner: Runner = defaultRun): Promise<string[]> {
+  const ns = await namespaceOf(o.initPid ?? 1);
   const done: string[] = [];
   try {
     for (const step of nextRootPlan(o)) {
-      for (const d of step.mkdir) await mkdir(d, { recursive: true });
-      await runner('mount', step.args, { timeoutMs: 60_000 });
+      // mkdir too in PID 1's namespace: a directory inside a mount made there exists only there.
+      await runner(...ns.command('mkdir', ['-p', ...step.mkdir]), { timeoutMs: 60_000 });
+      await runner(...ns.command('mount', step.args), { timeoutMs: 60_000 });
       done.push(step.target);
+    }
+    const seen = mountPoints(await readFile(`/proc/${ns.pid}/mountinfo`, 'utf8'));
+    const missing = done.filter((m) => !seen.has(m));
+    if (missing.length > 0) {
+      throw new LiveupError('COMMAND_FAILED', `the new root is not mounted where PID ${ns.pid} (systemd) looks: ${missing.join(', ')} missing from its mountinfo`, { missing: missing.join(' ') });
     }
     return done;
   } catch (e) {
-    await teardownNextRoot(done, runner);
+    await teardownNextRoot(done, runner, o.initPid);
     throw e;
   }
 }
 
-export async function teardownNextRoot(mounts: readonly string[], runner: Runner = defaultRun): Promise<void> {
-  for (const m of [...mounts].reverse()) await runner('umount', ['-l', m], { timeoutMs: 60_000 }).catch(() => undefined);
+export async function teardownNextRoot(mounts: readonly string[], runner: Runner = defaultRun, initPid = 1): Promise<void> {
+  const ns = await namespaceOf(initPid);
+  for (const m of [...mounts].reverse()) await runner(...ns.command('umount', ['-l', m]), { timeoutMs: 60_000 }).catch(() => undefined);
 }
 
 /**
@@ -81,7 +130,7 @@ export async function teardownNextRoot(mounts: readonly string[], runner: Runner
  * the new root gets the machine's /etc/machine-id. Returns the undo, for a
  * soft-reboot that could not be started.
  */
-export async function handOverToNextRoot(o: { runDir: string; version: number; nextroot?: string; machineId?: string }): Promise<() => Promise<void>> {
+export async function handOverToNextRoot(o: { runDir: string; version: number; nextroot?: string; machineId?: string; initPid?: number }): Promise<() => Promise<void>> {
   const files = [join(o.runDir, 'booted'), join(o.runDir, SOFT_REBOOT_ID)];
   const before = await Promise.all(files.map((f) => readFile(f, 'utf8').catch(() => null)));
   const undo = async (): Promise<void> => {
@@ -92,7 +141,8 @@ export async function handOverToNextRoot(o: { runDir: string; version: number; n
   };
   try {
     await mkdir(o.runDir, { recursive: true });
-    const nextroot = o.nextroot ?? '/run/nextroot';
+    // The new root as PID 1 sees it (prepareNextRoot mounted it there).
+    const nextroot = (await namespaceOf(o.initPid ?? 1)).path(o.nextroot ?? '/run/nextroot');
     await mkdir(join(nextroot, 'etc'), { recursive: true });
     await copyFile(o.machineId ?? '/etc/machine-id', join(nextroot, 'etc', 'machine-id'));
     await writeFileAtomic(files[1]!, `${randomUUID()}\n`);

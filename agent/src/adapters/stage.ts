@@ -35,6 +35,11 @@ export const BOOT_FILES: Readonly<Record<ArtifactRole, string>> = {
   kernel: 'vmlinuz',
   initrd: 'initrd.img',
   packages: 'packages.json',
+  // Signed boot (liveup publish --boot-key): GRUB reads `<file>.sig` beside each file it loads.
+  'boot-config': 'boot.cfg',
+  'boot-config-sig': 'boot.cfg.sig',
+  'kernel-sig': 'vmlinuz.sig',
+  'initrd-sig': 'initrd.img.sig',
 };
 
 /** Default head-room left on the boot medium (GRUB's environment block, logs, the next staging). */
@@ -138,7 +143,7 @@ export async function stageGeneration(opts: StageOptions): Promise<StagedGenerat
  */
 export function sha512sums(m: Manifest): string {
   // Small files first: a bad kernel is refused before GRUB spends seconds on the squashfs.
-  const order: readonly ArtifactRole[] = ['kernel', 'initrd', 'squashfs', 'packages'];
+  const order: readonly ArtifactRole[] = ['kernel', 'initrd', 'boot-config', 'boot-config-sig', 'kernel-sig', 'initrd-sig', 'squashfs', 'packages'];
   return [...m.artifacts].sort((a, b) => order.indexOf(a.role) - order.indexOf(b.role)).map((a) => `${a.sha512}  ${BOOT_FILES[a.role]}\n`).join('');
 }
 

@@ -10,7 +10,13 @@ import { Reader, parseJson } from '../util/validate.js';
 
 export const FORMAT_VERSION = 1;
 
-export const ARTIFACT_ROLES = ['squashfs', 'kernel', 'initrd', 'packages'] as const;
+export const ARTIFACT_ROLES = ['squashfs', 'kernel', 'initrd', 'packages', 'boot-config', 'boot-config-sig', 'kernel-sig', 'initrd-sig'] as const;
+/**
+ * The signed-boot set (`liveup publish --boot-key`): GRUB's `boot.cfg` and the
+ * detached signatures GRUB checks under `check_signatures=enforce`. A manifest
+ * has all four or none (docs/boot.md, "Signed boot").
+ */
+export const SIGNED_BOOT_ROLES = ['boot-config', 'boot-config-sig', 'kernel-sig', 'initrd-sig'] as const;
 export type ArtifactRole = (typeof ARTIFACT_ROLES)[number];
 
 /** A file the signed metadata vouches for: exact length and SHA-512. */
@@ -131,6 +137,13 @@ export function parseManifest(bytes: Uint8Array | string, source = 'manifest.jso
   for (const role of ['squashfs', 'kernel', 'initrd'] as const) {
     const n = artifacts.filter((a) => a.role === role).length;
     if (n !== 1) r.fail('artifacts', `expected exactly one artifact with role "${role}", found ${n}`);
+  }
+  for (const role of SIGNED_BOOT_ROLES) {
+    if (artifacts.filter((a) => a.role === role).length > 1) r.fail('artifacts', `more than one artifact with role "${role}"`);
+  }
+  const signed = SIGNED_BOOT_ROLES.filter((role) => artifacts.some((a) => a.role === role));
+  if (signed.length > 0 && signed.length < SIGNED_BOOT_ROLES.length) {
+    r.fail('artifacts', `a signed boot needs all of ${SIGNED_BOOT_ROLES.join(', ')}; found only ${signed.join(', ')}`);
   }
   if (new Set(artifacts.map((a) => a.path)).size !== artifacts.length) r.fail('artifacts', 'two artifacts share a path');
   const changes = r.array(o, 'changes', '', { max: 100_000 }).map((c, i): PackageChange => {

@@ -75,6 +75,13 @@ export interface BootMenuModel {
 export type BootVerify = 'off' | 'sha512';
 export const BOOT_VERIFY_MODES: readonly BootVerify[] = ['off', 'sha512'];
 /**
+ * The agent's `grubVerify`: the two modes of this rendered menu, or
+ * `signature`, where GRUB's menu is a static one inside the signed-boot GRUB
+ * image (core/signedboot.ts) and the agent writes only grubenv.
+ */
+export type GrubVerify = BootVerify | 'signature';
+export const GRUB_VERIFY_MODES: readonly GrubVerify[] = ['off', 'sha512', 'signature'];
+/**
  * Journal setting holding the agent's `grubVerify`, so liveup-boot-check (which
  * re-renders the menu without the agent's config) keeps the same mode.
  */
@@ -146,8 +153,7 @@ function bad(message: string, details: Record<string, string | number | boolean>
  * version-dependent ways: we refuse those rather than guess. Anything else that
  * GRUB's lexer would interpret (`$`, `;`, `{`, `#`…) is single-quoted.
  */
-/** kernelParams as GRUB words: quoted where GRUB's lexer would split or expand them. */
-function cmdlineWords(cmdline: string, version: number, liveDir: string): string[] {
+export function cmdlineWords(cmdline: string, version: number, liveDir: string = DEFAULT_LIVE_DIR): string[] {
   if (/["'\\]/.test(cmdline)) bad(`generation ${version}: quotes and backslashes are not supported in the kernel command line`, { version });
   return kernelParams(cmdline, version, liveDir).map((w) => (BARE_WORD_RE.test(w) ? w : grubQuote(w)));
 }
@@ -186,7 +192,7 @@ function searchCommand(root: BootRoot): string {
   }
 }
 
-function serialOf(s: boolean | SerialConsole): SerialConsole | null {
+export function serialOf(s: boolean | SerialConsole): SerialConsole | null {
   if (s === false) return null;
   const c = s === true ? { unit: 0, speed: 115200 } : s;
   if (!Number.isInteger(c.unit) || c.unit < 0 || c.unit > 31) bad(`serial unit ${c.unit} out of range`);

@@ -13,7 +13,7 @@ import { run } from '../exec.js';
 import { requireRoot } from './image.js';
 import { Chroot, removeTree, timed, withInterrupts, type StepContext } from './chroot.js';
 import {
-  DEFAULT_CMDLINE, bootKernel, cleanImage, copyBootFiles, disableKexecLoad, dpkgCompare, hostResolver, linkPersistent,
+  DEFAULT_CMDLINE, bootKernel, cleanImage, copyBootFiles, disableKexecLoad, dpkgCompare, exists, hostResolver, linkPersistent,
   removeStaleTemps, squash, writePackagesJson, writeSources,
 } from './image.js';
 import { agentDeb } from './agentdeb.js';
@@ -230,8 +230,4 @@ async function runHooks(ch: Chroot, profile: Profile): Promise<void> {
       throw new LiveupError('BUILD_FAILED', `hook ${h} failed: ${(e as Error).message}`, { hook: h }, { cause: e });
     });
   }
-}
-
-async function exists(p: string): Promise<boolean> {
-  return lstat(p).then(() => true, () => false);
 }

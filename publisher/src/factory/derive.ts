@@ -22,7 +22,7 @@ import { readGendirMeta, requireGendirFiles, type GendirChange } from '../genera
 import { run } from '../exec.js';
 import { Chroot, removeTree, timed, withInterrupts, type StepContext } from './chroot.js';
 import {
-  DEFAULT_CMDLINE, bootKernel, cleanImage, copyBootFiles, hostResolver, removeStaleTemps, requireRoot, squash, squashOptionsOf,
+  DEFAULT_CMDLINE, bootKernel, cleanImage, copyBootFiles, exists, hostResolver, removeStaleTemps, requireRoot, squash, squashOptionsOf,
   writePackagesJson, type SquashOptions,
 } from './image.js';
 import { DEFAULT_CACHE } from './build.js';
@@ -339,10 +339,6 @@ async function inspectLocalDeb(file: string): Promise<LocalDeb> {
     throw new LiveupError('INVALID_ARGUMENT', `--deb ${file}: not a readable Debian package (dpkg-deb cannot read its control fields)`, { file });
   }
   return { file, architecture: fields.Architecture, canonical: `${fields.Package}_${fields.Version.replace(/:/g, '%3a')}_${fields.Architecture}.deb` };
-}
-
-async function exists(p: string): Promise<boolean> {
-  return lstat(p).then(() => true, () => false);
 }
 
 export function sha256(b: Uint8Array): string {

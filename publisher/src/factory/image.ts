@@ -92,6 +92,35 @@ export async function cleanImage(ch: Chroot, hostname: string): Promise<void> {
   // Empty machine-id: systemd makes a fresh one per boot, so machines do not share an identity.
   await writeFile(ch.path('etc/machine-id'), '');
   await writeFile(ch.path('etc/hostname'), hostname + '\n');
+  await settleUpdateUnits(ch);
+}
+
+/** lstat-based: a dangling symlink (a mask) exists. */
+export async function exists(p: string): Promise<boolean> {
+  return lstat(p).then(() => true, () => false);
+}
+
+/**
+ * systemd's "rebuild after an offline /usr update" units, whose
+ * ConditionNeedsUpdate= compares /usr's mtime with /etc/.updated's: in our
+ * images every mtime is 0 (-all-time 0), which that check reads as "needs an
+ * update" on every boot — ldconfig alone then costs ~14 s of each boot in
+ * QEMU TCG. The image is the update: its caches are rebuilt here, once, and
+ * the units masked. A live replay changes /usr through dpkg, whose triggers
+ * run ldconfig themselves.
+ */
+export const UPDATE_UNITS = ['ldconfig.service', 'systemd-journal-catalog-update.service', 'systemd-update-done.service'] as const;
+
+async function settleUpdateUnits(ch: Chroot): Promise<void> {
+  if (await exists(ch.path('sbin/ldconfig'))) await ch.exec('/sbin/ldconfig', [], { quiet: true });
+  if (await exists(ch.path('usr/bin/journalctl'))) await ch.exec('journalctl', ['--update-catalog'], { quiet: true });
+  for (const unit of UPDATE_UNITS) {
+    if (!(await exists(ch.path(`usr/lib/systemd/system/${unit}`)))) continue;
+    const link = ch.path(`etc/systemd/system/${unit}`);
+    if (await exists(link)) continue; // the profile decided already
+    await mkdir(dirname(link), { recursive: true });
+    await symlink('/dev/null', link);
+  }
 }
 
 /** kexec-tools' default turns every reboot into a kexec; the agent loads kexec itself when it decides to. */
