@@ -27,7 +27,7 @@
  *   node dist/bench/live.js [--json]
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildAgentGeneration, REPO, runAsync, VM_CACHE, withBuildLock } from '../test/vm/generation.js';
@@ -108,26 +108,30 @@ async function main(): Promise<void> {
 
     log('full reboot into the same generation…');
     /** Run `cmd` (it may never answer: the switch cuts it off); seconds until the boot check passed, and the console since. */
-    const switchBy = async (cmd: string): Promise<{ seconds: number; console: string }> => {
+    const switchBy = async (name: string, cmd: string): Promise<{ seconds: number; console: string }> => {
       const mark = vm!.console().length;
       const start = Date.now();
       void vm!.sh(cmd, 900_000).catch(() => undefined);
       const seconds = await checkPassed(vm!, mark, start);
       await waitForShell(vm!, mark);
+      // Where the new userspace spent its time (the same for all three paths, so
+      // it is where the ratios are won or lost): kept beside the console log.
+      const analyze = await vm!.sh('systemd-analyze critical-chain liveup-boot-check.service --no-pager; echo; systemd-analyze blame --no-pager | head -20', 120_000);
+      writeFileSync(join(work, `${name}.analyze.txt`), analyze.out);
       return { seconds, console: vm!.console().slice(mark) };
     };
-    const rebootS = (await switchBy('systemctl reboot')).seconds;
+    const rebootS = (await switchBy('reboot', 'systemctl reboot')).seconds;
 
     log('soft-reboot into the libc6 generation…');
     await publish(soft);
     const softStageS = await stage();
-    const softS = (await switchBy('agentctl update --now')).seconds;
+    const softS = (await switchBy('soft-reboot', 'agentctl update --now')).seconds;
     if ((await vm.sh('cat /run/liveup/booted')).out.trim() !== '3') throw new Error('the soft-reboot did not land on generation 3');
 
     log('kexec into the kernel generation…');
     await publish(kernel);
     const kexecStageS = await stage();
-    const kexec = await switchBy('agentctl update --now');
+    const kexec = await switchBy('kexec', 'agentctl update --now');
     const kexecS = kexec.seconds;
     if (!/liveup\.generation=4\b/.test((await vm.sh('cat /proc/cmdline')).out)) throw new Error('kexec did not land on generation 4');
     if (/SeaBIOS|GNU GRUB/.test(kexec.console)) throw new Error('the kexec went through firmware');
@@ -146,7 +150,7 @@ async function main(): Promise<void> {
     else {
       process.stdout.write('switch to a ready machine (boot check passed; live apply: command returned), QEMU TCG, one run:\n');
       for (const r of rows) process.stdout.write(`  ${r.what.padEnd(31)} ${r.seconds.toFixed(1).padStart(6)} s  ${r.ratio.toFixed(2)}x full reboot\n`);
-      process.stdout.write(`console log: ${join(work, 'console.log')}\n`);
+      process.stdout.write(`console log: ${join(work, 'console.log')}; systemd-analyze after each switch: ${join(work, '*.analyze.txt')}\n`);
     }
   } finally {
     await vm?.stop();
