@@ -242,11 +242,11 @@ export async function buildAgentGeneration(log: (s: string) => void, channelUrl:
   mkdirSync(debDir, { recursive: true });
   const keys = join(VM_CACHE, 'keys');
   const { deb, svc } = await withBuildLock(async () => {
-    // A fixed SOURCE_DATE_EPOCH (packaging/build defaults to the last commit's time): the same
-    // agent code gives the same .deb bytes, so the cached generations (keyed by them) survive a
-    // commit that does not touch what the agent ships.
+    // A fixed SOURCE_DATE_EPOCH and build revision (packaging/build defaults to the last commit's
+    // time and hash, both in the changelog): the same agent code gives the same .deb bytes, so the
+    // cached generations (keyed by them) survive a commit that does not touch what the agent ships.
     const built = (await runAsync(join(REPO, 'packaging', 'build'), ['--only', 'agent', '--no-tsc', '--out', debDir],
-      { env: { ...process.env, SOURCE_DATE_EPOCH: '1700000000' } })).trim().split('\n').pop()!;
+      { env: { ...process.env, SOURCE_DATE_EPOCH: '1700000000', LIVEUP_BUILD_REV: 'vm-test' } })).trim().split('\n').pop()!;
     if (!existsSync(join(keys, 'vm.pub.asc'))) await runAsync(join(REPO, 'bin', 'liveup'), ['key', 'generate', '--out', keys, '--name', 'vm']);
     // The test service, version 1.0 (generation 2 upgrades it: a live replay must restart it).
     return { deb: built, svc: serviceDeb(debDir, '1.0') };
