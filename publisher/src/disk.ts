@@ -164,9 +164,10 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
     loop = (await run('losetup', ['-f', '--show', tmp])).stdout.trim();
     // losetup -P does not create partition nodes on every kernel; partx does. When the
     // kernel scanned the table itself partx -a finds them there already (exit 1): fine.
-    await run('partx', ['-a', loop], { okExitCodes: [0, 1] });
+    const addParts = () => run('partx', ['-a', loop!], { okExitCodes: [0, 1] });
+    await addParts();
     const dev = (n: number): string => `${loop}p${n}`;
-    for (const p of parts) await waitFor(dev(p.number));
+    for (const p of parts) await waitFor(dev(p.number), addParts);
     log('formatting: boot, data' + (uefi ? ', EFI system partition' : ''));
     await run('mkfs.ext4', ['-q', '-F', '-L', BOOT_LABEL, dev(1)]);
     await run('mkfs.ext4', ['-q', '-F', '-L', DATA_LABEL, dev(2)]);
@@ -310,7 +311,15 @@ export async function installGrubBios(image: string, workDir: string, signed: Si
   }
 }
 
-async function waitFor(path: string): Promise<void> {
-  for (let i = 0; i < 50 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 100));
+/**
+ * Wait for a loop partition's node. `again` asks the kernel once more each
+ * second: with other loop devices being set up and torn down at the same time
+ * (two disk builds at once) a first `partx -a` was seen to leave p2 missing.
+ */
+async function waitFor(path: string, again: () => Promise<unknown>): Promise<void> {
+  for (let i = 0; i < 300 && !existsSync(path); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    if (i % 10 === 9 && !existsSync(path)) await again();
+  }
   if (!existsSync(path)) throw new LiveupError('BUILD_FAILED', `${path} did not appear (loop partitions)`);
 }
