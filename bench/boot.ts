@@ -12,7 +12,8 @@
  * Each variant is the real path: the VM suite's cached generation with the
  * agent, published with the variant's command line, written by `liveup disk`
  * and booted with SeaBIOS in QEMU TCG (`-cpu qemu64 -smp 1`, one VM at a
- * time). Prints seconds and the ratio to the baseline.
+ * time). Prints seconds and the ratio to the baseline, then when each boot
+ * reached GRUB, the kernel, the initramfs, systemd and the login prompt.
  *
  *   node dist/bench/boot.js [--runs 1] [--json]
  */
@@ -38,7 +39,25 @@ const VARIANTS: readonly Variant[] = [
 ];
 
 
-async function bootOnce(work: string, v: Variant, run: number, gendir: string, keys: string): Promise<number> {
+/**
+ * Console milestones, timed from QEMU's start: where a boot spends its time
+ * (firmware and GRUB, the kernel, the initramfs, systemd until the check).
+ */
+const MILESTONES: ReadonlyArray<readonly [string, RegExp]> = [
+  ['grub', /GNU GRUB/],
+  ['kernel', /Linux version/],
+  ['initramfs', /Run \/init as init process/],
+  ['systemd', /Welcome to/],
+  ['login', /login: root \(automatic login\)/],
+];
+
+interface Boot {
+  readonly seconds: number;
+  /** Seconds from QEMU's start to each milestone seen. */
+  readonly at: Record<string, number>;
+}
+
+async function bootOnce(work: string, v: Variant, run: number, gendir: string, keys: string): Promise<Boot> {
   const liveup = join(REPO, 'bin', 'liveup');
   const repo = join(work, `repo-${v.name}`);
   const image = join(work, `disk-${v.name}.img`);
@@ -50,9 +69,11 @@ async function bootOnce(work: string, v: Variant, run: number, gendir: string, k
     // The clock starts with QEMU (power-on): run the bench alone, bootVm waits for the QEMU lock.
     const t0 = Date.now();
     const vm = bootVm({ image, consoleLog: join(work, `console-${v.name}-${run}.log`) });
+    const at: Record<string, number> = {};
+    for (const [name, re] of MILESTONES) vm.waitFor(re, 600_000).then(() => { at[name] = (Date.now() - t0) / 1000; }, () => undefined);
     try {
       await vm.waitFor(BOOT_CHECK_PASSED, 600_000);
-      return (Date.now() - t0) / 1000;
+      return { seconds: (Date.now() - t0) / 1000, at };
     } finally {
       await vm.stop();
     }
@@ -71,14 +92,17 @@ async function main(): Promise<void> {
   const gen = await buildAgentGeneration(log, 'http://10.0.2.2:8080/');
   const work = join(VM_CACHE, 'runs', `bench-boot-${Date.now()}`);
   mkdirSync(work, { recursive: true });
-  const results: { variant: string; seconds: number[] }[] = [];
+  const results: { variant: string; seconds: number[]; milestones: Record<string, number>[] }[] = [];
   for (const v of VARIANTS) {
     const seconds: number[] = [];
+    const milestones: Record<string, number>[] = [];
     for (let r = 0; r < runs; r++) {
       log(`booting ${v.name} (run ${r + 1}/${runs})…`);
-      seconds.push(await bootOnce(work, v, r, gen.gendir, gen.keys));
+      const b = await bootOnce(work, v, r, gen.gendir, gen.keys);
+      seconds.push(b.seconds);
+      milestones.push(b.at);
     }
-    results.push({ variant: v.name, seconds });
+    results.push({ variant: v.name, seconds, milestones });
   }
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const base = median(results[0]!.seconds);
@@ -90,6 +114,13 @@ async function main(): Promise<void> {
   for (const r of results) {
     const m = median(r.seconds);
     process.stdout.write(`  ${r.variant.padEnd(18)} ${m.toFixed(1).padStart(6)} s  ${(m / base).toFixed(2)}x baseline\n`);
+  }
+  // The last run's milestones: the same phases for every variant, so where a variant's time goes shows.
+  process.stdout.write(`seconds from QEMU start (last run): ${MILESTONES.map(([n]) => n).join(' / ')} / check\n`);
+  for (const r of results) {
+    const at = r.milestones[r.milestones.length - 1]!;
+    const cols = MILESTONES.map(([n]) => (at[n] === undefined ? '-' : at[n]!.toFixed(1)).padStart(6));
+    process.stdout.write(`  ${r.variant.padEnd(18)} ${cols.join(' ')} ${r.seconds[r.seconds.length - 1]!.toFixed(1).padStart(6)}\n`);
   }
   process.stdout.write(`console logs: ${work}\n`);
 }
