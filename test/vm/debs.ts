@@ -11,7 +11,8 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-const DPKG_ENV = { ...process.env, SOURCE_DATE_EPOCH: '1700000000' };
+/** A fixed build time for every .deb the VM suite makes: same inputs, same bytes, same cache key. */
+export const DPKG_ENV = { ...process.env, SOURCE_DATE_EPOCH: '1700000000' };
 
 /** The service's unit: its own binary, so a replay that replaces it must restart it. */
 export const SVC = 'liveup-vm-svc';

@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { serviceDeb } from './debs.js';
+import { DPKG_ENV, serviceDeb } from './debs.js';
 import { spawn } from 'node:child_process';
 
 /**
@@ -246,7 +246,7 @@ export async function buildAgentGeneration(log: (s: string) => void, channelUrl:
     // time and hash, both in the changelog): the same agent code gives the same .deb bytes, so the
     // cached generations (keyed by them) survive a commit that does not touch what the agent ships.
     const built = (await runAsync(join(REPO, 'packaging', 'build'), ['--only', 'agent', '--no-tsc', '--out', debDir],
-      { env: { ...process.env, SOURCE_DATE_EPOCH: '1700000000', LIVEUP_BUILD_REV: 'vm-test' } })).trim().split('\n').pop()!;
+      { env: { ...DPKG_ENV, LIVEUP_BUILD_REV: 'vm-test' } })).trim().split('\n').pop()!;
     if (!existsSync(join(keys, 'vm.pub.asc'))) await runAsync(join(REPO, 'bin', 'liveup'), ['key', 'generate', '--out', keys, '--name', 'vm']);
     // The test service, version 1.0 (generation 2 upgrades it: a live replay must restart it).
     return { deb: built, svc: serviceDeb(debDir, '1.0') };
