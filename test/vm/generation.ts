@@ -254,3 +254,26 @@ export async function buildAgentGeneration(log: (s: string) => void, channelUrl:
   const built = await buildTestGeneration(log, { deb, keyringAsc: join(keys, 'vm.pub.asc'), channelUrl, extraDebs: [svc] });
   return { ...built, keys };
 }
+
+/** What a boot scenario starts from: the test generation, its kernel, a serial command line and a run directory. */
+export interface BootRun {
+  readonly gendir: string;
+  readonly kernelVersion: string;
+  readonly cmdline: string;
+  readonly work: string;
+}
+
+/**
+ * The plain test generation with a command line for the serial console,
+ * the initramfs check on (liveup.verify=1) and panic=5 — an initramfs panic
+ * then reboots, so GRUB's countdown and fallback run instead of a shell
+ * waiting forever.
+ */
+export async function prepareBootRun(tag: string, log: (s: string) => void = (s) => console.log(s)): Promise<BootRun> {
+  const gen = await buildTestGeneration(log);
+  const meta = JSON.parse(readFileSync(join(gen.gendir, 'generation.json'), 'utf8')) as { kernel: { version: string; cmdline: string } };
+  const work = join(VM_CACHE, 'runs', `${tag}-${Date.now()}`);
+  mkdirSync(work, { recursive: true });
+  const cmdline = `${meta.kernel.cmdline.replace(/\bquiet\b/, '')} console=ttyS0,115200 liveup.verify=1 panic=5`.replace(/\s+/g, ' ').trim();
+  return { gendir: gen.gendir, kernelVersion: meta.kernel.version, cmdline, work };
+}
