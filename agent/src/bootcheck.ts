@@ -31,7 +31,7 @@ import { ENV_NEXT_ENTRY, ENV_TRIES_LEFT, ENV_TRY_VERSION, VERIFY_SETTING, render
 import { signedBootEnv } from './core/signedboot.js';
 import { writeSignedBootChoice } from './adapters/signedbootenv.js';
 import { ensureDir, writeFileAtomic } from './util/fsatomic.js';
-import { readBootedVersion } from './daemon.js';
+import { readBootedVersion } from './adapters/booted.js';
 
 export interface BootCheckConfig {
   readonly requiredUnits: readonly string[];

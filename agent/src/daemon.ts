@@ -5,9 +5,10 @@
  * of which go through the one transaction lock, so a scheduled check, an
  * offline bundle and an `agentctl update` never run at the same time.
  */
-import { readFile, mkdir } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent } from './agent.js';
+import { readBootedVersion } from './adapters/booted.js';
 import { FleetReporter } from './adapters/fleet.js';
 import { toLiveupError } from './channel/errors.js';
 import { createGrubEnv } from './adapters/grubenv.js';
@@ -19,18 +20,6 @@ import { startService, type AgentService } from './dbus/service.js';
 import { TxLock } from './core/txlock.js';
 import { EXIT, optString, runCli, type Command } from './cli/framework.js';
 import { createLogger, type Logger } from './util/log.js';
-
-/**
- * The running generation: the initramfs hook records it in `<runDir>/booted`;
- * without it (a machine booted some other way) the kernel command line says.
- */
-export async function readBootedVersion(runDir: string, cmdlinePath = '/proc/cmdline'): Promise<number | null> {
-  const fromFile = await readFile(join(runDir, 'booted'), 'utf8').then((t) => t.trim(), () => '');
-  if (/^[1-9]\d*$/.test(fromFile)) return Number(fromFile);
-  const cmdline = await readFile(cmdlinePath, 'utf8').catch(() => '');
-  const m = /(?:^|\s)liveup\.generation=([1-9]\d*)(?:\s|$)/.exec(cmdline);
-  return m ? Number(m[1]) : null;
-}
 
 export interface RunningDaemon {
   readonly agent: Agent;

@@ -1,9 +1,10 @@
-/** Host facts read from files: the overlay's lower layer on `/` (mountinfo). */
+/** Host facts read from files: the overlay's lower layer on `/` (mountinfo), the booted generation. */
 import { describe, expect, it } from 'vitest';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { rootLowerDir } from '../../agent/src/adapters/host.js';
+import { readBootedVersion } from '../../agent/src/adapters/booted.js';
 
 function mountinfo(lines: string[]): string {
   const f = join(mkdtempSync(join(tmpdir(), 'liveup-mountinfo-')), 'mountinfo');
@@ -34,5 +35,29 @@ describe('rootLowerDir', () => {
     expect(await rootLowerDir(mountinfo(['22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw,errors=remount-ro', RUN]))).toBeNull();
     expect(await rootLowerDir(mountinfo([LIVE_BOOT, '40 1 254:1 / / rw - ext4 /dev/vda1 rw']))).toBeNull();
     expect(await rootLowerDir('/nonexistent/mountinfo')).toBeNull();
+  });
+});
+
+describe('readBootedVersion', () => {
+  const dirWith = (booted: string | null, cmdline: string): { runDir: string; cmdline: string } => {
+    const runDir = mkdtempSync(join(tmpdir(), 'liveup-run-'));
+    if (booted !== null) writeFileSync(join(runDir, 'booted'), booted);
+    writeFileSync(join(runDir, 'cmdline'), cmdline);
+    return { runDir, cmdline: join(runDir, 'cmdline') };
+  };
+
+  it('is what the initramfs recorded, over the command line', async () => {
+    const d = dirWith('7\n', 'boot=live liveup.generation=6');
+    expect(await readBootedVersion(d.runDir, d.cmdline)).toBe(7);
+  });
+
+  it('falls back to liveup.generation= on the command line when nothing was recorded', async () => {
+    const d = dirWith(null, 'boot=live liveup.generation=6 quiet\n');
+    expect(await readBootedVersion(d.runDir, d.cmdline)).toBe(6);
+  });
+
+  it('is null for a machine not booted by liveup, and ignores a garbled record', async () => {
+    const d = dirWith('seven', 'boot=live liveup.generation=06x');
+    expect(await readBootedVersion(d.runDir, d.cmdline)).toBeNull();
   });
 });

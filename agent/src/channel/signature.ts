@@ -8,12 +8,21 @@
  * Keys are counted by primary fingerprint, so one key signing twice is one
  * vote toward the threshold.
  */
-import * as openpgp from 'openpgp';
+import type * as OpenPGP from 'openpgp';
 import { readFile } from 'node:fs/promises';
 import { LiveupError } from './errors.js';
 
+/**
+ * openpgp.js is the largest module the agent loads (~0.25 s of a native
+ * start, several seconds under QEMU TCG) and is needed only when a key or a
+ * signature is read: imported on first use, so the daemon and the boot
+ * check come up (and a soft-reboot or kexec reaches its boot check) without it.
+ */
+let loaded: Promise<typeof OpenPGP> | null = null;
+const pgp = (): Promise<typeof OpenPGP> => (loaded ??= import('openpgp'));
+
 export interface PinnedKeyring {
-  readonly keys: readonly openpgp.PublicKey[];
+  readonly keys: readonly OpenPGP.PublicKey[];
   /** Upper-case hex primary-key fingerprints, in file order. */
   readonly fingerprints: readonly string[];
   readonly source: string;
@@ -28,7 +37,8 @@ export interface PinnedKeyring {
  * (GnuPG's keybox `pubring.kbx`, text) is refused with a clear message.
  */
 export async function parseKeyring(data: string | Uint8Array, source: string): Promise<PinnedKeyring> {
-  const keys: openpgp.Key[] = [];
+  const openpgp = await pgp();
+  const keys: OpenPGP.Key[] = [];
   const armored = typeof data === 'string' ? data : isArmored(data) ? Buffer.from(data).toString('utf8') : null;
   try {
     if (armored !== null) {
@@ -48,7 +58,7 @@ export async function parseKeyring(data: string | Uint8Array, source: string): P
     throw new LiveupError('KEYRING_INVALID', `${source}: not an OpenPGP public keyring (${(e as Error).message})`, { file: source });
   }
   if (keys.length === 0) throw new LiveupError('KEYRING_INVALID', `${source}: holds no key`, { file: source });
-  const pub = keys.map((k) => (k.isPrivate() ? k.toPublic() : (k as openpgp.PublicKey)));
+  const pub = keys.map((k) => (k.isPrivate() ? k.toPublic() : (k as OpenPGP.PublicKey)));
   const fps = new Set(pub.map((k) => k.getFingerprint()));
   if (fps.size !== pub.length) throw new LiveupError('KEYRING_INVALID', `${source}: the same key is listed twice`, { file: source });
   return { keys: pub, fingerprints: pub.map((k) => k.getFingerprint().toUpperCase()), source };
@@ -69,7 +79,8 @@ export async function loadKeyring(path: string): Promise<PinnedKeyring> {
   return parseKeyring(data, path);
 }
 
-export async function loadPrivateKey(path: string): Promise<openpgp.PrivateKey> {
+export async function loadPrivateKey(path: string): Promise<OpenPGP.PrivateKey> {
+  const openpgp = await pgp();
   let text: string;
   try {
     text = await readFile(path, 'utf8');
@@ -88,7 +99,8 @@ export async function loadPrivateKey(path: string): Promise<openpgp.PrivateKey> 
 }
 
 /** One binary detached signature packet per key, concatenated (what `gpg --detach-sign` makes). */
-export async function signDetached(data: Uint8Array, keys: readonly openpgp.PrivateKey[], date = new Date()): Promise<Uint8Array> {
+export async function signDetached(data: Uint8Array, keys: readonly OpenPGP.PrivateKey[], date = new Date()): Promise<Uint8Array> {
+  const openpgp = await pgp();
   const message = await openpgp.createMessage({ binary: data });
   return openpgp.sign({ message, signingKeys: [...keys], detached: true, format: 'binary', date });
 }
@@ -100,7 +112,8 @@ export interface SignatureCheck {
 
 const ARMOR_HEADER = /^-----BEGIN PGP ([A-Z ,0-9/]+)-----/;
 
-async function readDetached(sig: Uint8Array, source: string): Promise<openpgp.Signature> {
+async function readDetached(sig: Uint8Array, source: string): Promise<OpenPGP.Signature> {
+  const openpgp = await pgp();
   const head = Buffer.from(sig.subarray(0, 64)).toString('latin1').trimStart();
   const armor = ARMOR_HEADER.exec(head);
   try {
@@ -120,6 +133,7 @@ export async function verifyDetached(
   keyring: PinnedKeyring,
   opts: { threshold: number; now: Date; source: string },
 ): Promise<SignatureCheck> {
+  const openpgp = await pgp();
   const { source } = opts;
   if (!Number.isInteger(opts.threshold) || opts.threshold < 1) {
     throw new LiveupError('INVALID_ARGUMENT', `signature threshold must be a positive integer, got ${opts.threshold}`);

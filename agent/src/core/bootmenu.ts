@@ -192,6 +192,25 @@ function searchCommand(root: BootRoot): string {
   }
 }
 
+/**
+ * The console and menu lines both menus share (this one and signed boot's
+ * static menu): GRUB on the serial port as well as the screen when asked,
+ * and the menu's timeout.
+ */
+export function consoleLines(serial: SerialConsole | null, timeoutSeconds: number): string[] {
+  return [
+    ...(serial
+      ? [
+          `serial --unit=${serial.unit} --speed=${serial.speed} --word=8 --parity=no --stop=1`,
+          'terminal_input serial console',
+          'terminal_output serial console',
+        ]
+      : []),
+    'set timeout_style=menu',
+    `set timeout=${timeoutSeconds}`,
+  ];
+}
+
 export function serialOf(s: boolean | SerialConsole): SerialConsole | null {
   if (s === false) return null;
   const c = s === true ? { unit: 0, speed: 115200 } : s;
@@ -250,16 +269,8 @@ export function renderBootMenu(model: BootMenuModel): RenderedBootMenu {
     ...(model.modules ?? DEFAULT_MODULES).map((m) => `insmod ${m}`),
     searchCommand(model.root),
   );
-  if (serial) {
-    add(
-      `serial --unit=${serial.unit} --speed=${serial.speed} --word=8 --parity=no --stop=1`,
-      'terminal_input serial console',
-      'terminal_output serial console',
-    );
-  }
   add(
-    'set timeout_style=menu',
-    `set timeout=${model.timeoutSeconds}`,
+    ...consoleLines(serial, model.timeoutSeconds),
     '',
     '# The last good generation, chosen before grubenv is read: if load_env fails',
     '# (block missing or corrupt) the variables below stay empty and this boots.',

@@ -18,7 +18,7 @@
  * Pure: text in, text out.
  */
 import { LiveupError } from '../channel/errors.js';
-import { type BootMenuModel, DEFAULT_LIVE_DIR, ENV_NEXT_ENTRY, ENV_TRIES_LEFT, ENV_TRY_VERSION, MAX_TRIES, cmdlineWords, grubQuote, serialOf, trialEnv, type SerialConsole } from './bootmenu.js';
+import { type BootMenuModel, consoleLines, DEFAULT_LIVE_DIR, ENV_NEXT_ENTRY, ENV_TRIES_LEFT, ENV_TRY_VERSION, MAX_TRIES, cmdlineWords, grubQuote, serialOf, trialEnv, type SerialConsole } from './bootmenu.js';
 import { assertVersion } from './generation.js';
 
 /** Per generation, beside vmlinuz: what the static menu `source`s. */
@@ -136,16 +136,8 @@ export function renderStaticMenu(o: StaticMenuOptions): string {
     '# Everything GRUB loads from here on must carry a valid signature by the built-in boot key.',
     'set check_signatures=enforce',
   ];
-  if (serial) {
-    L.push(
-      `serial --unit=${serial.unit} --speed=${serial.speed} --word=8 --parity=no --stop=1`,
-      'terminal_input serial console',
-      'terminal_output serial console',
-    );
-  }
   L.push(
-    'set timeout_style=menu',
-    `set timeout=${o.timeoutSeconds}`,
+    ...consoleLines(serial, o.timeoutSeconds),
     '',
     '# The agent\'s choices. grubenv and the good block are not signed: read with a',
     '# whitelist, every value checked to be a generation number below. The good block',
