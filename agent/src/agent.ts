@@ -1061,6 +1061,11 @@ export class Agent implements AgentApi {
    * Give a FleetLock slot back once the generation it was taken for (or any
    * later one) runs and passed its boot check. Called at start and after checks.
    */
+  /** A reboot slot taken for a switch is still held (released by releaseFleetLock once the new generation is good). */
+  holdsFleetLock(): boolean {
+    return this.#journal.getSetting('fleet-lock-held') !== null;
+  }
+
   async releaseFleetLock(): Promise<void> {
     const raw = this.#journal.getSetting('fleet-lock-held');
     if (!raw || !this.deps.reporter || !this.#config.fleet) return;

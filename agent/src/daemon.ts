@@ -26,7 +26,11 @@ export interface RunningDaemon {
   stop(): Promise<void>;
 }
 
-export async function startDaemon(opts: { mainFile: string; dropInDir: string; localDropInDir?: string; runDir: string; bus?: string; log?: Logger }): Promise<RunningDaemon> {
+export async function startDaemon(opts: {
+  mainFile: string; dropInDir: string; localDropInDir?: string; runDir: string; bus?: string; log?: Logger;
+  /** How often queued fleet reports and a held reboot slot are retried (default 30 s; tests shorten it). */
+  fleetTickMs?: number;
+}): Promise<RunningDaemon> {
   const log = opts.log ?? createLogger();
   const where = { mainFile: opts.mainFile, dropInDir: opts.dropInDir, localDropInDir: opts.localDropInDir ?? DEFAULT_LOCAL_DROP_IN_DIR };
   const { config, files } = await loadConfig(where);
@@ -74,13 +78,17 @@ export async function startDaemon(opts: { mainFile: string; dropInDir: string; l
   const fleetTick = setInterval(() => {
     const f = agent.config.fleet;
     if (!f) return;
+    // A reboot slot taken before a switch is released once the new generation is good.
+    // The boot check marks it good after this daemon started (and the endpoint may not be
+    // reachable yet), so the release is retried here until it is granted, not tried once.
+    if (agent.holdsFleetLock()) void agent.releaseFleetLock();
     if (Date.now() - lastPeriodic >= f.reportIntervalMinutes * 60_000) {
       lastPeriodic = Date.now();
       void queueReport();
     } else if (journal.outboxSize() > 0) {
       void reporter.flush().catch(() => undefined);
     }
-  }, 30_000);
+  }, opts.fleetTickMs ?? 30_000);
   fleetTick.unref();
   void agent.releaseFleetLock();
   log.info({ booted: agent.properties().bootedVersion }, 'agent started');

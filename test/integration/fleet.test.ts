@@ -9,7 +9,7 @@
  */
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmp } from '../helpers/tmp.js';
 import { makeGendir, makeKey } from '../helpers/fixtures.js';
@@ -22,12 +22,16 @@ import { serveFleet, type RunningFleetServer } from '../../fleet/src/server.js';
 import { postJson } from '../../agent/src/adapters/fleet.js';
 import { startPostgres, type PgServer } from '../../bench/pgserver.js';
 import { chromium } from 'playwright-core';
+import { Journal } from '../../agent/src/adapters/journal.js';
+import { startDaemon } from '../../agent/src/daemon.js';
+import { createLogger } from '../../agent/src/util/log.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
   while (cleanups.length) await Promise.resolve(cleanups.pop()!()).catch(() => undefined);
 });
 
+const quiet = createLogger({ level: 'silent' });
 const ID = (n: number) => n.toString(16).padStart(32, '0');
 const report = (o: Record<string, unknown> = {}) => ({
   format: 1, machineId: ID(1), hostname: 'web-1', channel: 'stable', seq: 1, sentAt: new Date().toISOString(), agentVersion: '0.1.0',
@@ -305,5 +309,40 @@ describe.each(['sqlite', 'postgres'] as const)('agent → fleet on %s: reports a
     const r = await runCli('agentctl', ['enroll', 'ftp://x', '--token', 'abcdefgh', '--config-dir', join(dir, 'd'), '--token-file', join(dir, 't')]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/INVALID_ARGUMENT: ftp:\/\/x is not an http/);
+  });
+});
+
+describe('agent → fleet: the reboot slot', () => {
+  it('a slot held for a switch is released only once the booted generation passed its boot check, retried until then', async () => {
+    const dir = await tmp();
+    const ep = await endpoint(dir, 'sqlite', 0, { web: 1 });
+    const t = await token(ep.db, 'machines', 'agent');
+    const key = await makeKey(join(dir, 'keys'));
+    const repo = join(dir, 'repo');
+    await publish({ repo, channel: 'stable', gendir: await makeGendir(join(dir, 'g1')), keys: [key.priv], indexTtlMs: 86400e3, manifestTtlMs: 86400e3 });
+    const w = await agentWorld(dir, repo, key.pubPath, cleanups);
+    await writeFile(join(dir, 'machine-id'), `${ID(42)}\n`);
+    await writeFile(join(dir, 'fleet.token'), `${t}\n`, { mode: 0o600 });
+    await mkdir(join(dir, 'agent.d'));
+    await writeFile(join(dir, 'agent.d', '50-fleet.json'), JSON.stringify({
+      machineIdFile: join(dir, 'machine-id'), fleet: { url: ep.server.url, tokenFile: join(dir, 'fleet.token'), group: 'web' },
+    }));
+    const slot = (id: string) => postJson(`${ep.server.url}v1/pre-reboot`, { client_params: { id, group: 'web' } }, { authorization: `Bearer ${t}`, 'fleet-lock-protocol': 'true' });
+    // What the previous boot left: it took the group's one slot and switched to generation 1.
+    expect((await slot(ID(42))).status).toBe(200);
+    const journal = Journal.open(join(w.state, 'journal.db'));
+    cleanups.push(() => journal.close());
+    journal.setSetting('fleet-lock-held', JSON.stringify({ version: 1, machineId: ID(42) }));
+
+    const d = await startDaemon({ mainFile: w.configFile, dropInDir: join(dir, 'agent.d'), localDropInDir: join(dir, 'local.d'), runDir: w.runDir, fleetTickMs: 100, log: quiet });
+    cleanups.push(() => d.stop());
+    // Booted but not yet good: the slot stays taken, another machine of the group waits.
+    await new Promise((r) => setTimeout(r, 800));
+    expect(d.agent.holdsFleetLock()).toBe(true);
+    expect((await slot(ID(43))).status).toBe(409);
+    // The boot check (its own process) marks generation 1 good; the daemon gives the slot back.
+    journal.setState(1, 'good');
+    await expect.poll(() => d.agent.holdsFleetLock(), { timeout: 10_000 }).toBe(false);
+    expect((await slot(ID(43))).status).toBe(200);
   });
 });
