@@ -21,7 +21,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildAgentGeneration, REPO, runAsync, VM_CACHE } from '../test/vm/generation.js';
-import { BOOT_CHECK_PASSED, bootVm } from '../test/vm/qemu.js';
+import { BOOT_CHECK_PASSED, BOOT_MILESTONES, bootVm, timeMilestones } from '../test/vm/qemu.js';
 
 interface Variant {
   readonly name: string;
@@ -39,17 +39,6 @@ const VARIANTS: readonly Variant[] = [
 ];
 
 
-/**
- * Console milestones, timed from QEMU's start: where a boot spends its time
- * (firmware and GRUB, the kernel, the initramfs, systemd until the check).
- */
-const MILESTONES: ReadonlyArray<readonly [string, RegExp]> = [
-  ['grub', /GNU GRUB/],
-  ['kernel', /Linux version/],
-  ['initramfs', /Run \/init as init process/],
-  ['systemd', /Welcome to/],
-  ['login', /login: root \(automatic login\)/],
-];
 
 interface Boot {
   readonly seconds: number;
@@ -69,8 +58,7 @@ async function bootOnce(work: string, v: Variant, run: number, gendir: string, k
     // The clock starts with QEMU (power-on): run the bench alone, bootVm waits for the QEMU lock.
     const t0 = Date.now();
     const vm = bootVm({ image, consoleLog: join(work, `console-${v.name}-${run}.log`) });
-    const at: Record<string, number> = {};
-    for (const [name, re] of MILESTONES) vm.waitFor(re, 600_000).then(() => { at[name] = (Date.now() - t0) / 1000; }, () => undefined);
+    const at = timeMilestones(vm, t0, 0, 600_000);
     try {
       await vm.waitFor(BOOT_CHECK_PASSED, 600_000);
       return { seconds: (Date.now() - t0) / 1000, at };
@@ -116,10 +104,11 @@ async function main(): Promise<void> {
     process.stdout.write(`  ${r.variant.padEnd(18)} ${m.toFixed(1).padStart(6)} s  ${(m / base).toFixed(2)}x baseline\n`);
   }
   // The last run's milestones: the same phases for every variant, so where a variant's time goes shows.
-  process.stdout.write(`seconds from QEMU start (last run): ${MILESTONES.map(([n]) => n).join(' / ')} / check\n`);
+  const shown = BOOT_MILESTONES.filter(([n]) => n !== 'down');
+  process.stdout.write(`seconds from QEMU start (last run): ${shown.map(([n]) => n).join(' / ')} / check\n`);
   for (const r of results) {
     const at = r.milestones[r.milestones.length - 1]!;
-    const cols = MILESTONES.map(([n]) => (at[n] === undefined ? '-' : at[n]!.toFixed(1)).padStart(6));
+    const cols = shown.map(([n]) => (at[n] === undefined ? '-' : at[n]!.toFixed(1)).padStart(6));
     process.stdout.write(`  ${r.variant.padEnd(18)} ${cols.join(' ')} ${r.seconds[r.seconds.length - 1]!.toFixed(1).padStart(6)}\n`);
   }
   process.stdout.write(`console logs: ${work}\n`);

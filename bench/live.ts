@@ -31,7 +31,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildAgentGeneration, REPO, runAsync, VM_CACHE, withBuildLock } from '../test/vm/generation.js';
-import { BOOT_CHECK_PASSED, bootVm, waitForShell, type Vm } from '../test/vm/qemu.js';
+import { BOOT_CHECK_PASSED, BOOT_MILESTONES, bootVm, timeMilestones, waitForShell, type Vm } from '../test/vm/qemu.js';
 import { rebuiltDeb, serviceDeb, SVC } from '../test/vm/debs.js';
 
 const PORT = 8080;
@@ -108,9 +108,11 @@ async function main(): Promise<void> {
 
     log('full reboot into the same generation…');
     /** Run `cmd` (it may never answer: the switch cuts it off); seconds until the boot check passed, and the console since. */
+    const phases: { what: string; at: Record<string, number>; seconds: number }[] = [];
     const switchBy = async (name: string, cmd: string): Promise<{ seconds: number; console: string }> => {
       const mark = vm!.console().length;
       const start = Date.now();
+      const at = timeMilestones(vm!, start, mark);
       void vm!.sh(cmd, 900_000).catch(() => undefined);
       const seconds = await checkPassed(vm!, mark, start);
       await waitForShell(vm!, mark);
@@ -118,6 +120,7 @@ async function main(): Promise<void> {
       // it is where the ratios are won or lost): kept beside the console log.
       const analyze = await vm!.sh('systemd-analyze critical-chain liveup-boot-check.service --no-pager; echo; systemd-analyze blame --no-pager | head -20', 120_000);
       writeFileSync(join(work, `${name}.analyze.txt`), analyze.out);
+      phases.push({ what: name, at: { ...at }, seconds });
       return { seconds, console: vm!.console().slice(mark) };
     };
     const rebootS = (await switchBy('reboot', 'systemctl reboot')).seconds;
@@ -146,10 +149,16 @@ async function main(): Promise<void> {
       { what: 'stage (soft-reboot generation)', seconds: softStageS },
       { what: 'stage (kexec generation)', seconds: kexecStageS },
     ].map((r) => ({ ...r, ratio: r.seconds / rebootS }));
-    if (values.json) process.stdout.write(JSON.stringify(rows) + '\n');
+    if (values.json) process.stdout.write(JSON.stringify({ rows, phases }) + '\n');
     else {
       process.stdout.write('switch to a ready machine (boot check passed; live apply: command returned), QEMU TCG, one run:\n');
       for (const r of rows) process.stdout.write(`  ${r.what.padEnd(31)} ${r.seconds.toFixed(1).padStart(6)} s  ${r.ratio.toFixed(2)}x full reboot\n`);
+      // Where each switch's time goes, from the command: the same phases after the kernel for all three.
+      process.stdout.write(`seconds from the command to each milestone: ${BOOT_MILESTONES.map(([n]) => n).join(' / ')} / check\n`);
+      for (const p of phases) {
+        const cols = BOOT_MILESTONES.map(([n]) => (p.at[n] === undefined ? '-' : p.at[n]!.toFixed(1)).padStart(6));
+        process.stdout.write(`  ${p.what.padEnd(12)} ${cols.join(' ')} ${p.seconds.toFixed(1).padStart(6)}\n`);
+      }
       process.stdout.write(`console log: ${join(work, 'console.log')}; systemd-analyze after each switch: ${join(work, '*.analyze.txt')}\n`);
     }
   } finally {

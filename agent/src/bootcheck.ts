@@ -25,7 +25,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Journal, type Generation } from './adapters/journal.js';
 import { createGrubEnv, type GrubEnv } from './adapters/grubenv.js';
-import { run } from './adapters/exec.js';
+// runLean, not execa's run: this program is on every boot's critical path (adapters/exec.ts).
+import { runLean as run } from './adapters/exec.js';
 import { isLiveupError } from './channel/errors.js';
 import { ENV_NEXT_ENTRY, ENV_TRIES_LEFT, ENV_TRY_VERSION, VERIFY_SETTING, renderBootMenu, type BootMenuGeneration } from './core/bootmenu.js';
 import { signedBootEnv } from './core/signedboot.js';
@@ -194,7 +195,7 @@ export async function bootCheck(opts: BootCheckOptions): Promise<BootCheckResult
       journal.endStep(step, 'failed', null, `generation ${version} failed: ${failed.map((c) => c.name).join(', ')}`, details);
     }
     const grubenv = join(opts.bootDir, 'grub', 'grubenv');
-    const env = createGrubEnv(opts.editenv ? { editenv: opts.editenv } : {});
+    const env = createGrubEnv({ runner: run, ...(opts.editenv ? { editenv: opts.editenv } : {}) });
     if (healthy) {
       // The trial is over: it won. Recreate a damaged block rather than leave a trial armed.
       await env.unset(grubenv, [ENV_TRY_VERSION, ENV_TRIES_LEFT, ENV_NEXT_ENTRY]).catch(async (e: unknown) => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { run } from '../../agent/src/adapters/exec.js';
+import { run, runLean } from '../../agent/src/adapters/exec.js';
 import { isLiveupError } from '../../agent/src/channel/errors.js';
 
 async function failure(p: Promise<unknown>): Promise<{ message: string; details: Record<string, unknown> }> {
@@ -8,7 +8,8 @@ async function failure(p: Promise<unknown>): Promise<{ message: string; details:
   return e as { message: string; details: Record<string, unknown> };
 }
 
-describe('exec.run', () => {
+// runLean (the boot check's) keeps run's contract: the same cases, both runners.
+describe.each([['run', run], ['runLean', runLean]] as const)('exec.%s', (_name, run) => {
   it('captures stdout, stderr and passes stdin; no shell re-parsing', async () => {
     const r = await run('sh', ['-c', 'cat; echo err >&2; printf "%s" "$1"', 'sh', '$HOME; rm -rf /'], { input: 'in\n' });
     expect(r).toEqual({ stdout: 'in\n$HOME; rm -rf /', stderr: 'err\n', exitCode: 0 });
@@ -31,5 +32,16 @@ describe('exec.run', () => {
     const t = await failure(run('sleep', ['5'], { timeoutMs: 200 }));
     expect(t.message).toMatch(/timed out after 200 ms/);
     expect(t.details.timedOut).toBe(true);
+  });
+
+  it('more output than maxBuffer is COMMAND_FAILED, not a truncated success', async () => {
+    expect((await failure(run('head', ['-c', '100000', '/dev/zero'], { maxBuffer: 1000 }))).message).toMatch(/produced more output than allowed/);
+  });
+
+  it('an abort signal kills the child and says interrupted', async () => {
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 100);
+    const e = await failure(run('sleep', ['5'], { signal: ac.signal }));
+    expect(e.details.interrupted).toBe(true);
   });
 });

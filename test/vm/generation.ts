@@ -92,7 +92,9 @@ function agentLines(a: AgentSetup): string[] {
     channel: 'stable', mirrors: [a.channelUrl], keyring: '/etc/liveup/keyring.asc', architecture: 'amd64',
     // Checks are driven by the test (agentctl), not by the clock.
     schedule: '0 0 1 1 *', jitterSeconds: 0, rebootStrategy: 'live', bootDir: '/run/liveup/boot',
-    fetch: { deadlineSeconds: 600, minBytesPerSecond: 0, retries: 2, backoffSeconds: 2 },
+    // retries: the agent starts without waiting for network-online, so a check right after boot may
+    // race DHCP; 4 retries back off ~15-30 s in all (jittered 2, 4, 8, 16 s).
+    fetch: { deadlineSeconds: 600, minBytesPerSecond: 0, retries: 4, backoffSeconds: 2 },
   };
   return [
     'mkdir -p /etc/liveup',

@@ -121,7 +121,7 @@ export async function setUpLiveRig(name: string, startOn: 1 | 3, log: (s: string
 export function guest(vm: Vm, rig: LiveRig) {
   const json = async <T>(cmd: string, timeoutMs?: number): Promise<T> => {
     let r = await vm.sh(cmd, timeoutMs);
-    // Right after a boot the shell can be up before the daemon (it starts after network-online):
+    // Right after a boot the shell can be up before the daemon is on the bus:
     // agentctl says DAEMON_UNAVAILABLE (exit 3), and asking again a little later is what a user does.
     for (let i = 0; i < 60 && r.rc === 3 && /DAEMON_UNAVAILABLE/.test(r.out); i++) {
       await new Promise((res) => setTimeout(res, 2000));

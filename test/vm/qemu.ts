@@ -52,6 +52,28 @@ export async function waitForShell(v: Vm, since: number): Promise<void> {
 /** The test generation's console marker once liveup-boot-check.service passed (generation.ts). */
 export const BOOT_CHECK_PASSED = /LIVEUP-VM-MARKER boot-check-passed booted=\d+/;
 
+/**
+ * Console milestones of a boot, for benches that show where a switch spends
+ * its time: the old userspace down, firmware and GRUB, the kernel, the
+ * initramfs, systemd, the agent on the bus, the login prompt.
+ */
+export const BOOT_MILESTONES: ReadonlyArray<readonly [string, RegExp]> = [
+  ['down', /Reached target .*(?:soft-reboot|kexec|reboot)\.target|reboot: Restarting system/],
+  ['grub', /GNU GRUB/],
+  ['kernel', /Linux version/],
+  ['initramfs', /Run \/init as init process/],
+  ['systemd', /Welcome to/],
+  ['agent', /Started .*liveup-agent\.service/],
+  ['login', /login: root \(automatic login\)/],
+];
+
+/** Seconds from `t0` (ms) to each milestone seen on the console after offset `since`; filled in as they come. */
+export function timeMilestones(vm: Vm, t0: number, since = 0, timeoutMs = 900_000): Record<string, number> {
+  const at: Record<string, number> = {};
+  for (const [name, re] of BOOT_MILESTONES) vm.waitFor(re, timeoutMs, since).then(() => { at[name] = (Date.now() - t0) / 1000; }, () => undefined);
+  return at;
+}
+
 /** This process's QEMU lock (see the top of this file). */
 export function qemuLock(env: NodeJS.ProcessEnv = process.env): string {
   const slots = Math.max(1, Math.floor(Number(env.LIVEUP_VM_SLOTS ?? 1)) || 1);

@@ -1,5 +1,6 @@
 /**
- * The one place liveup spawns processes (the card's single execa call site).
+ * The one place liveup spawns processes (the card's single execa call site,
+ * and a lean twin for the boot check: see runLean).
  *
  * Keeping every spawn here means timeouts, environment, error shape and
  * logging are decided once, and tests of adapters can swap `Runner` for a
@@ -7,6 +8,7 @@
  * from parsing its output: callers get raw text and parse it themselves.
  */
 import type { execa as Execa } from 'execa';
+import { spawn } from 'node:child_process';
 import { LiveupError } from '../channel/errors.js';
 
 export interface RunOptions {
@@ -59,7 +61,6 @@ const STDERR_IN_MESSAGE = 2_000;
  * details carry the command, exit code and stderr for logs and `--json`.
  */
 export const run: Runner = async (cmd, args, opts = {}) => {
-  const ok = opts.okExitCodes ?? [0];
   const shown = [cmd, ...args].join(' ');
   if (opts.signal?.aborted) throw new LiveupError('COMMAND_FAILED', `${shown}: not started, interrupted`, { command: shown, interrupted: true });
   const execa = await loadExeca();
@@ -91,8 +92,38 @@ export const run: Runner = async (cmd, args, opts = {}) => {
     }
   }
   const r = await child;
-  const stdout = typeof r.stdout === 'string' ? r.stdout : '';
-  const stderr = typeof r.stderr === 'string' ? r.stderr : '';
+  return settle(shown, opts, {
+    stdout: typeof r.stdout === 'string' ? r.stdout : '',
+    stderr: typeof r.stderr === 'string' ? r.stderr : '',
+    exitCode: r.exitCode,
+    interrupted: r.isCanceled || Boolean(opts.signal?.aborted),
+    timedOut: r.timedOut,
+    overflow: r.isMaxBuffer,
+    ...(r.signal ? { signal: r.signal } : {}),
+    ...(r.code ? { code: r.code } : {}),
+    ...(r.cause !== undefined ? { cause: r.cause } : {}),
+  });
+};
+
+/** How a child ended, whichever way it was spawned. */
+interface Ended {
+  readonly stdout: string;
+  readonly stderr: string;
+  /** Undefined when it did not exit on its own (not started, killed, timed out). */
+  readonly exitCode: number | undefined;
+  readonly interrupted: boolean;
+  readonly timedOut: boolean;
+  readonly overflow: boolean;
+  readonly signal?: string;
+  /** The spawn error's code (ENOENT, EACCES…). */
+  readonly code?: string;
+  readonly cause?: unknown;
+}
+
+/** The result, or the one COMMAND_FAILED shape both runners throw. */
+function settle(shown: string, opts: RunOptions, r: Ended): RunResult {
+  const ok = opts.okExitCodes ?? [0];
+  const { stdout, stderr } = r;
   // Some tools (apt, debootstrap) report on stdout: quote whichever said something.
   const tail = (stderr.trim() || stdout.trim()).slice(-STDERR_IN_MESSAGE);
   const details = (extra: Record<string, string | number | boolean>) => ({
@@ -100,13 +131,13 @@ export const run: Runner = async (cmd, args, opts = {}) => {
     stderr: stderr.slice(0, 64 * 1024),
     ...extra,
   });
-  if (r.isCanceled || opts.signal?.aborted) {
+  if (r.interrupted) {
     throw new LiveupError('COMMAND_FAILED', `${shown}: interrupted`, details({ interrupted: true }));
   }
-  if (r.exitCode === undefined || r.timedOut || r.isMaxBuffer) {
+  if (r.exitCode === undefined || r.timedOut || r.overflow) {
     const why = r.timedOut
       ? `timed out after ${opts.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`
-      : r.isMaxBuffer
+      : r.overflow
         ? 'produced more output than allowed'
         : r.signal
           ? `was killed by ${r.signal}`
@@ -119,4 +150,62 @@ export const run: Runner = async (cmd, args, opts = {}) => {
     throw new LiveupError('COMMAND_FAILED', `${shown} exited with ${r.exitCode}${tail ? `: ${tail}` : ''}`, details({ exitCode: r.exitCode }));
   }
   return { stdout, stderr, exitCode: r.exitCode };
+}
+
+/**
+ * The same contract as `run` on node:child_process alone, for the boot-critical
+ * one-shot program (liveup-boot-check): execa pulls ~175 module files, three
+ * times what the boot check itself loads; on a cold squashfs under emulation
+ * that was seconds on the path every boot waits for (bench/live's
+ * systemd-analyze). No `log` streaming; everything else behaves as `run`.
+ */
+export const runLean: Runner = (cmd, args, opts = {}) => {
+  const shown = [cmd, ...args].join(' ');
+  if (opts.signal?.aborted) return Promise.reject(new LiveupError('COMMAND_FAILED', `${shown}: not started, interrupted`, { command: shown, interrupted: true }));
+  const max = opts.maxBuffer ?? 16 * 1024 * 1024;
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, [...args], {
+      env: { ...process.env, LC_ALL: 'C', ...opts.env },
+      stdio: [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+      ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let size = 0;
+    let timedOut = false;
+    let overflow = false;
+    let spawnError: NodeJS.ErrnoException | null = null;
+    const kill = () => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM'); };
+    const collect = (into: Buffer[]) => (d: Buffer) => {
+      size += d.length;
+      if (size > max) { overflow = true; kill(); } else into.push(d);
+    };
+    child.stdout!.on('data', collect(out));
+    child.stderr!.on('data', collect(err));
+    const timer = (opts.timeoutMs ?? DEFAULT_TIMEOUT_MS) > 0 ? setTimeout(() => { timedOut = true; kill(); }, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS) : null;
+    const onAbort = () => kill();
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    child.on('error', (e) => { spawnError = e; });
+    if (opts.input !== undefined) child.stdin!.on('error', () => undefined).end(opts.input);
+    child.on('close', (code, signal) => {
+      if (timer) clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onAbort);
+      const e = spawnError as NodeJS.ErrnoException | null;
+      try {
+        resolve(settle(shown, opts, {
+          stdout: Buffer.concat(out).toString('utf8'),
+          stderr: Buffer.concat(err).toString('utf8'),
+          exitCode: e || code === null ? undefined : code,
+          interrupted: Boolean(opts.signal?.aborted),
+          timedOut,
+          overflow,
+          ...(signal ? { signal } : {}),
+          ...(e?.code ? { code: e.code } : {}),
+          ...(e ? { cause: e } : {}),
+        }));
+      } catch (x) {
+        reject(x);
+      }
+    });
+  });
 };
