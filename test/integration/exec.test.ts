@@ -38,6 +38,20 @@ describe.each([['run', run], ['runLean', runLean]] as const)('exec.%s', (_name, 
     expect((await failure(run('head', ['-c', '100000', '/dev/zero'], { maxBuffer: 1000 }))).message).toMatch(/produced more output than allowed/);
   });
 
+  it('a child that ignores SIGTERM is killed, and a grandchild holding its output does not hold the call', async () => {
+    const t0 = Date.now();
+    const e = await failure(run('sh', ['-c', 'trap "" TERM; sleep 30 & sleep 30'], { timeoutMs: 300 }));
+    expect(e.message).toMatch(/timed out after 300 ms/);
+    expect(Date.now() - t0).toBeLessThan(12_000);
+  }, 20_000);
+
+  it('a child that exits leaving a background process on its output returns its result soon after', async () => {
+    const t0 = Date.now();
+    const r = await run('sh', ['-c', 'sleep 30 & echo started']);
+    expect(r).toMatchObject({ stdout: 'started\n', exitCode: 0 });
+    expect(Date.now() - t0).toBeLessThan(8_000);
+  }, 20_000);
+
   it('an abort signal kills the child and says interrupted', async () => {
     const ac = new AbortController();
     setTimeout(() => ac.abort(), 100);

@@ -77,6 +77,12 @@ export const run: Runner = async (cmd, args, opts = {}) => {
     ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
     ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' as const }),
   });
+  // A grandchild still holding stdout/stderr (a maintainer script or check that backgrounds
+  // something) keeps execa waiting for the pipes to end, long after the child exited or was
+  // killed on timeout: once the child exited, its pipes get 2 s.
+  child.on('exit', () => {
+    setTimeout(() => { child.stdout?.destroy(); child.stderr?.destroy(); }, 2_000).unref();
+  });
   const log = opts.log;
   if (log) {
     // Line-split both streams for the callback; execa still captures them for the result.
@@ -175,7 +181,13 @@ export const runLean: Runner = (cmd, args, opts = {}) => {
     let timedOut = false;
     let overflow = false;
     let spawnError: NodeJS.ErrnoException | null = null;
-    const kill = () => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM'); };
+    // As execa does: SIGTERM, then SIGKILL after 5 s for a child that ignores it.
+    let forceKill: NodeJS.Timeout | null = null;
+    const kill = () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      forceKill ??= setTimeout(() => child.kill('SIGKILL'), 5_000);
+    };
     const collect = (into: Buffer[]) => (d: Buffer) => {
       size += d.length;
       if (size > max) { overflow = true; kill(); } else into.push(d);
@@ -186,6 +198,12 @@ export const runLean: Runner = (cmd, args, opts = {}) => {
     const onAbort = () => kill();
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     child.on('error', (e) => { spawnError = e; });
+    // A grandchild still holding stdout/stderr (a check that backgrounds something)
+    // would keep 'close' from ever coming: once the child exited, give its pipes 2 s.
+    child.on('exit', () => {
+      if (forceKill) clearTimeout(forceKill);
+      setTimeout(() => { child.stdout!.destroy(); child.stderr!.destroy(); }, 2_000).unref();
+    });
     if (opts.input !== undefined) child.stdin!.on('error', () => undefined).end(opts.input);
     child.on('close', (code, signal) => {
       if (timer) clearTimeout(timer);
