@@ -110,10 +110,15 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
     has('usr/lib/liveup/bin/agentctl');
     has('usr/lib/liveup/bin/liveup-agentd');
     has('usr/lib/liveup/package.json');
-    has('usr/lib/liveup/dist/agent/src/daemon.js');
-    has('usr/lib/liveup/dist/agent/src/cli/agentctl.js');
+    // One ES module per program (packaging/inline.mjs), openpgp still a chunk of its own (loaded on first use).
+    has('usr/lib/liveup/app/liveup-agentd.js');
+    has('usr/lib/liveup/app/agentctl.js');
+    has('usr/lib/liveup/app/liveup-boot-check.js');
+    expect(paths.some((p) => /^\.\/usr\/lib\/liveup\/app\/chunks\/openpgp-[\w-]+\.js$/.test(p))).toBe(true);
+    // The native addon stays a package; an inlined one keeps only its licence.
     has('usr/lib/liveup/node_modules/better-sqlite3/build/Release/better_sqlite3.node');
-    has('usr/lib/liveup/node_modules/dbus-next/package.json');
+    has('usr/lib/liveup/node_modules/dbus-next/LICENSE');
+    expect(paths.filter((p) => p.startsWith('./usr/lib/liveup/node_modules/dbus-next/') && !p.endsWith('/'))).toEqual(['./usr/lib/liveup/node_modules/dbus-next/LICENSE']);
     has('usr/lib/systemd/system/liveup-agent.service');
     has('usr/lib/tmpfiles.d/liveup.conf');
     has('usr/share/dbus-1/system.d/org.liveup.Agent1.conf');
@@ -125,7 +130,7 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
       expect(p).not.toMatch(/node_modules\/(typescript|vitest|@types|prebuild-install|node-gyp)\//);
       expect(p).not.toMatch(/better-sqlite3\/(deps|src)\/|build\/Release\/obj/);
     }
-    expect(paths.some((p) => p.startsWith('./usr/lib/liveup/dist/publisher/'))).toBe(false);
+    expect(paths.some((p) => p.startsWith('./usr/lib/liveup/dist/'))).toBe(false);
     // Every initramfs-hooks/ file is shipped where initramfs-tools looks.
     const hooksDir = join(ROOT, 'initramfs-hooks/hooks');
     if (existsSync(hooksDir)) for (const f of readdirSync(hooksDir)) has(`usr/share/initramfs-tools/hooks/${f}`);
@@ -200,6 +205,8 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
         const ctl = await inChroot(root, 'agentctl --help');
         expect(ctl.stdout).toMatch(/^Usage: agentctl <command>/);
         expect(ctl.stdout).toMatch(/rollback/);
+        // The version comes from the package.json the bundled program finds above app/.
+        expect((await inChroot(root, 'agentctl --version')).stdout).toBe('agentctl 0.1.0\n');
         const daemon = await inChroot(root, 'liveup-agentd --help');
         expect(daemon.stdout).toMatch(/^Usage: liveup-agentd/);
         expect(daemon.stdout).toMatch(/\/etc\/liveup\/agent\.json/);

@@ -1,5 +1,5 @@
 /** `agentctl`: the admin command line of liveup-agentd, over D-Bus. One file per verb in ./agentctl/. */
-import { readFile } from 'node:fs/promises';
+import { AGENT_VERSION } from '../version.js';
 import { EXIT, runCli, type Command, type Io, processIo } from './framework.js';
 import { checkCmd } from './agentctl/check.js';
 import { gcCmd } from './agentctl/gc.js';
@@ -40,8 +40,7 @@ export function hoistGlobalOptions(argv: readonly string[]): string[] {
 
 export async function main(argv: readonly string[], io: Io = processIo): Promise<number> {
   if (argv[0] === '--version') {
-    const pkg = JSON.parse(await readFile(new URL('../../../../package.json', import.meta.url), 'utf8')) as { version: string };
-    io.out(`agentctl ${pkg.version}`);
+    io.out(`agentctl ${AGENT_VERSION}`);
     return EXIT.OK;
   }
   return runCli('agentctl', BLURB, COMMANDS, hoistGlobalOptions(argv), io);
