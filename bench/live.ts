@@ -113,13 +113,20 @@ async function main(): Promise<void> {
       const mark = vm!.console().length;
       const start = Date.now();
       const at = timeMilestones(vm!, start, mark);
-      void vm!.sh(cmd, 900_000).catch(() => undefined);
+      // The guest's clock at the command, for the journal below (/run outlives a soft-reboot).
+      void vm!.sh(`cut -d' ' -f1 /proc/uptime > /run/liveup-bench-t0; ${cmd}`, 900_000).catch(() => undefined);
       const seconds = await checkPassed(vm!, mark, start);
       await waitForShell(vm!, mark);
       // Where the new userspace spent its time (the same for all three paths, so
       // it is where the ratios are won or lost): kept beside the console log.
       const analyze = await vm!.sh('systemd-analyze critical-chain liveup-boot-check.service --no-pager; echo; systemd-analyze blame --no-pager | head -20', 120_000);
       writeFileSync(join(work, `${name}.analyze.txt`), analyze.out);
+      if (name === 'soft-reboot') {
+        // The same kernel boot, so the journal holds both userspaces: every line since the
+        // command, in seconds from it (what the agent did before going down, what stopped when).
+        const since = await vm!.sh(`t0=$(cat /run/liveup-bench-t0); journalctl -b -o short-monotonic --no-pager | awk -v t0="$t0" 'match($0, /[0-9]+[.][0-9]+/) { t = substr($0, RSTART, RLENGTH) + 0; if (t >= t0) printf "%+8.2f %s\\n", t - t0, substr($0, index($0, "]") + 2) }' | head -600`, 120_000);
+        writeFileSync(join(work, `${name}.journal.txt`), since.out);
+      }
       phases.push({ what: name, at: { ...at }, seconds });
       return { seconds, console: vm!.console().slice(mark) };
     };
@@ -159,7 +166,7 @@ async function main(): Promise<void> {
         const cols = BOOT_MILESTONES.map(([n]) => (p.at[n] === undefined ? '-' : p.at[n]!.toFixed(1)).padStart(6));
         process.stdout.write(`  ${p.what.padEnd(12)} ${cols.join(' ')} ${p.seconds.toFixed(1).padStart(6)}\n`);
       }
-      process.stdout.write(`console log: ${join(work, 'console.log')}; systemd-analyze after each switch: ${join(work, '*.analyze.txt')}\n`);
+      process.stdout.write(`console log: ${join(work, 'console.log')}; systemd-analyze after each switch: ${join(work, '*.analyze.txt')}; the soft-reboot's journal from the command: ${join(work, 'soft-reboot.journal.txt')}\n`);
     }
   } finally {
     await vm?.stop();
