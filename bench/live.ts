@@ -113,8 +113,10 @@ async function main(): Promise<void> {
       const mark = vm!.console().length;
       const start = Date.now();
       const at = timeMilestones(vm!, start, mark);
-      // The guest's clock at the command, for the journal below (/run outlives a soft-reboot).
-      void vm!.sh(`cut -d' ' -f1 /proc/uptime > /run/liveup-bench-t0; ${cmd}`, 900_000).catch(() => undefined);
+      // The guest's clock at the command and the journal from then on, for the soft-reboot's
+      // timeline below: /run outlives a soft-reboot, the old userspace's persistent journal
+      // (on its overlay) does not.
+      void vm!.sh(`cut -d' ' -f1 /proc/uptime > /run/liveup-bench-t0; (journalctl -f -n 0 -o short-monotonic > /run/liveup-bench-journal &); ${cmd}`, 900_000).catch(() => undefined);
       const seconds = await checkPassed(vm!, mark, start);
       await waitForShell(vm!, mark);
       // Where the new userspace spent its time (the same for all three paths, so
@@ -122,9 +124,12 @@ async function main(): Promise<void> {
       const analyze = await vm!.sh('systemd-analyze critical-chain liveup-boot-check.service --no-pager; echo; systemd-analyze blame --no-pager | head -20', 120_000);
       writeFileSync(join(work, `${name}.analyze.txt`), analyze.out);
       if (name === 'soft-reboot') {
-        // The same kernel boot, so the journal holds both userspaces: every line since the
-        // command, in seconds from it (what the agent did before going down, what stopped when).
-        const since = await vm!.sh(`t0=$(cat /run/liveup-bench-t0); journalctl -b -o short-monotonic --no-pager | awk -v t0="$t0" 'match($0, /[0-9]+[.][0-9]+/) { t = substr($0, RSTART, RLENGTH) + 0; if (t >= t0) printf "%+8.2f %s\\n", t - t0, substr($0, index($0, "]") + 2) }' | head -600`, 120_000);
+        // The same kernel boot, so one clock for both userspaces: every journal line since the
+        // command, in seconds from it (what the agent did before going down, what stopped when,
+        // what started). The new journal also holds the old userspace's last lines, stamped
+        // when it read them: the first part has their true times.
+        const rel = `awk -v t0="$t0" 'match($0, /[0-9]+[.][0-9]+/) { t = substr($0, RSTART, RLENGTH) + 0; if (t >= t0) printf "%+8.2f %s\\n", t - t0, substr($0, index($0, "]") + 2) }'`;
+        const since = await vm!.sh(`t0=$(cat /run/liveup-bench-t0); ${rel} /run/liveup-bench-journal | head -400; echo '--- the new userspace ---'; journalctl -b -o short-monotonic --no-pager | ${rel} | head -600`, 120_000);
         writeFileSync(join(work, `${name}.journal.txt`), since.out);
       }
       phases.push({ what: name, at: { ...at }, seconds });

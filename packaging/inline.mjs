@@ -21,7 +21,7 @@
 // - The summary JSON bundle.mjs printed is rewritten: each package says whether
 //   its code is inlined.
 import { build } from 'esbuild';
-import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join, relative, resolve, sep } from 'node:path';
 
 const args = process.argv.slice(2);
@@ -120,6 +120,10 @@ if (existsSync(join(opt.dir, 'node_modules'))) pruneEmpty(join(opt.dir, 'node_mo
 rmSync(join(opt.dir, 'dist'), { recursive: true, force: true });
 
 for (const e of opt.entries) {
+  // esbuild copies the entry's shebang into app/X.js: only the launcher runs, so only it keeps one.
+  const bundled = join(opt.dir, 'app', `${basename(e)}.js`);
+  writeFileSync(bundled, readFileSync(bundled, 'utf8').replace(/^#![^\n]*\n/, ''));
+  chmodSync(bundled, 0o644); // esbuild made it executable for its shebang
   const shebang = readFileSync(join(opt.dir, e), 'utf8').split('\n')[0];
   writeFileSync(join(opt.dir, e), `${shebang}\n// The bundled program (packaging/inline.mjs); its source is liveup's ${e}.\nimport '../app/${basename(e)}.js';\n`);
 }
