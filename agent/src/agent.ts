@@ -20,7 +20,7 @@ import type { GrubEnv } from './adapters/grubenv.js';
 import type { Generation as JournalGeneration, Journal } from './adapters/journal.js';
 import { ensureSha512Sums, listStaged, reconcileStaging, removeGeneration, stageGeneration } from './adapters/stage.js';
 import type { AgentConfig } from './config.js';
-import { ENV_TRIES_LEFT, ENV_TRY_VERSION, ENV_NEXT_ENTRY, VERIFY_SETTING, renderBootMenu, trialEnv, entryId } from './core/bootmenu.js';
+import { ENV_TRIES_LEFT, ENV_TRY_VERSION, ENV_NEXT_ENTRY, VERIFY_SETTING, renderBootMenu, trialEnv } from './core/bootmenu.js';
 import { signedBootEnv } from './core/signedboot.js';
 import { writeSignedBootChoice } from './adapters/signedbootenv.js';
 import type { GenerationInfo as CoreGeneration, GenerationState as CoreState } from './core/generation.js';

@@ -4,7 +4,7 @@ import { LiveupError } from '../../agent/src/channel/errors.js';
 import { loadKeyring, loadPrivateKey } from '../../agent/src/channel/signature.js';
 import { openSource } from '../../agent/src/channel/source.js';
 import {
-  EXIT, optInt, optString, parseDuration, requireString, runCli, stringList, type Command, type Values,
+  EXIT, optInt, optString, parseDuration, requireString, runCli, stringList, type Command,
 } from '../../agent/src/cli/framework.js';
 import { build, DEFAULT_CACHE } from './factory/build.js';
 import { writeIso } from './iso.js';

@@ -36,6 +36,7 @@ import { parseManifest } from '../../agent/src/channel/schema.js';
 import { loadKeyring, verifyDetached } from '../../agent/src/channel/signature.js';
 import { verifyArtifactFile } from '../../agent/src/channel/verify.js';
 import { run } from './exec.js';
+import { attachPartitioned, type AttachedImage } from './loopdev.js';
 import { BOOT_MEDIUM_FILES, GENDIR_FILES } from './generation.js';
 import { onPath } from '../../agent/src/util/path.js';
 
@@ -151,7 +152,7 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
   const parts = planPartitions(o.layout);
   const tmp = join(dirname(o.out), `.${basename(o.out)}.tmp-${process.pid}`);
   const work = await mkdtemp(join(dirname(o.out), `.${basename(o.out)}.work-`));
-  let loop: string | null = null;
+  let loop: AttachedImage | null = null;
   let mounted: string | null = null;
   try {
     const fd = openSync(tmp, 'w');
@@ -161,13 +162,8 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
     } finally {
       closeSync(fd);
     }
-    loop = (await run('losetup', ['-f', '--show', tmp])).stdout.trim();
-    // losetup -P does not create partition nodes on every kernel; partx does. When the
-    // kernel scanned the table itself partx -a finds them there already (exit 1): fine.
-    const addParts = () => run('partx', ['-a', loop!], { okExitCodes: [0, 1] });
-    await addParts();
-    const dev = (n: number): string => `${loop}p${n}`;
-    for (const p of parts) await waitFor(dev(p.number), addParts);
+    loop = await attachPartitioned(tmp);
+    const dev = loop.dev;
     log('formatting: boot, data' + (uefi ? ', EFI system partition' : ''));
     await run('mkfs.ext4', ['-q', '-F', '-L', BOOT_LABEL, dev(1)]);
     await run('mkfs.ext4', ['-q', '-F', '-L', DATA_LABEL, dev(2)]);
@@ -207,8 +203,7 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
     }
     await run('umount', [boot]);
     mounted = null;
-    await run('partx', ['-d', loop]).catch(() => undefined);
-    await run('losetup', ['-d', loop]);
+    await loop.detach();
     loop = null;
 
     await installGrubBios(tmp, work, signedInputs);
@@ -216,10 +211,7 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
     log(`wrote ${o.out}: boot ${Math.round((parts[0]!.sectors * SECTOR) / MiB)} MiB, data ${o.layout.dataMiB} MiB${uefi ? `, ESP ${o.layout.espMiB} MiB` : ''}; BIOS${uefi ? ' and UEFI' : ''}${signed ? '; signed boot (check_signatures=enforce)' : ''}`);
   } finally {
     if (mounted) await run('umount', [mounted]).catch(() => undefined);
-    if (loop) {
-      await run('partx', ['-d', loop]).catch(() => undefined);
-      await run('losetup', ['-d', loop]).catch(() => undefined);
-    }
+    if (loop) await loop.detach().catch(() => undefined);
     await rm(tmp, { force: true });
     await rm(work, { recursive: true, force: true });
   }
@@ -311,15 +303,3 @@ export async function installGrubBios(image: string, workDir: string, signed: Si
   }
 }
 
-/**
- * Wait for a loop partition's node. `again` asks the kernel once more each
- * second: with other loop devices being set up and torn down at the same time
- * (two disk builds at once) a first `partx -a` was seen to leave p2 missing.
- */
-async function waitFor(path: string, again: () => Promise<unknown>): Promise<void> {
-  for (let i = 0; i < 300 && !existsSync(path); i++) {
-    await new Promise((r) => setTimeout(r, 100));
-    if (i % 10 === 9 && !existsSync(path)) await again();
-  }
-  if (!existsSync(path)) throw new LiveupError('BUILD_FAILED', `${path} did not appear (loop partitions)`);
-}

@@ -6,7 +6,6 @@
 import { open, readFile, readdir, readlink, rm, unlink, lstat } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { join } from 'node:path';
-import type * as openpgp from 'openpgp';
 import { LiveupError } from '../../agent/src/channel/errors.js';
 import { CHANNELS_DIR, GENERATIONS_DIR, INDEX_FILE, SIG_SUFFIX } from '../../agent/src/channel/layout.js';
 import { parseIndex, type ChannelIndex } from '../../agent/src/channel/schema.js';

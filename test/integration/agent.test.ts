@@ -13,7 +13,7 @@ import Database from 'better-sqlite3';
 import { tmp } from '../helpers/tmp.js';
 import { makeGendir, makeKey, type TestKey } from '../helpers/fixtures.js';
 import { startPrivateBus, type PrivateBus } from '../helpers/dbus.js';
-import { bin, collect, runCli } from '../helpers/cli.js';
+import { bin, collect } from '../helpers/cli.js';
 import { publish } from '../../publisher/src/publish.js';
 import { serve, type RunningServer } from '../../publisher/src/serve.js';
 import { Journal } from '../../agent/src/adapters/journal.js';

@@ -9,7 +9,7 @@ import { chmod, copyFile, mkdir, mkdtemp, readFile, realpath, rm, symlink, write
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { ERROR_CODES, LiveupError, isLiveupError, type ErrorCode } from '../../agent/src/channel/errors.js';
+import { ERROR_CODES, LiveupError, type ErrorCode } from '../../agent/src/channel/errors.js';
 import {
   AgentEventHub, BUS_NAME, OBJECT_PATH, dbusErrorName,
   type AgentApi, type AgentProperties, type AgentStatus, type CheckResult, type GenerationInfo, type HistoryEntry,

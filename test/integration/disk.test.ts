@@ -16,6 +16,7 @@ import { runCli } from '../helpers/cli.js';
 import { publish } from '../../publisher/src/publish.js';
 import { mbrSector, planPartitions } from '../../publisher/src/disk.js';
 import { generateKey } from '../../publisher/src/key.js';
+import { attachPartitioned } from '../../publisher/src/loopdev.js';
 import { grubPublicKeyBytes, loadBootPublicKey } from '../../publisher/src/bootsign.js';
 import { loadPrivateKey } from '../../agent/src/channel/signature.js';
 import { renderEarlyConfig, renderStaticMenu } from '../../agent/src/core/signedboot.js';
@@ -55,11 +56,10 @@ describe('liveup disk', () => {
     expect(head.subarray(0, 440).some((b) => b !== 0)).toBe(true);
     expect(head.subarray(512, 1024).some((b) => b !== 0)).toBe(true);
 
-    const loop = sh('losetup', ['-f', '--show', img]).trim();
+    const att = await attachPartitioned(img);
+    const loop = att.loop;
     const mnt = join(dir, 'mnt');
     try {
-      sh('partx', ['-a', loop]);
-      for (let i = 0; i < 50 && !existsSync(`${loop}p3`); i++) execFileSync('sleep', ['0.1']);
       expect(sh('blkid', ['-s', 'LABEL', '-o', 'value', `${loop}p1`]).trim()).toBe('LIVEUP-BOOT');
       expect(sh('blkid', ['-s', 'LABEL', '-o', 'value', `${loop}p2`]).trim()).toBe('LIVEUP-DATA');
       expect(sh('blkid', ['-s', 'TYPE', '-o', 'value', `${loop}p3`]).trim()).toBe('vfat');
@@ -82,7 +82,7 @@ describe('liveup disk', () => {
       execFileSync('mcopy', ['-i', `${loop}p3`, '::/EFI/BOOT/BOOTX64.EFI', join(dir, 'BOOTX64.EFI')]);
       expect(readFileSync(join(dir, 'BOOTX64.EFI')).subarray(0, 2).toString()).toBe('MZ'); // a PE image, where UEFI looks on removable media
     } finally {
-      execFileSync('sh', ['-c', `partx -d ${loop} 2>/dev/null; losetup -d ${loop}`]);
+      await att.detach();
     }
 
     // A wrong key, or an artifact that no longer matches its manifest: refused, nothing written.
@@ -121,12 +121,11 @@ describe('liveup disk', () => {
     expect(r.stderr).toMatch(/boot signatures verified/);
     expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, version: 1, firmware: ['bios', 'uefi'] });
 
-    const loop = sh('losetup', ['-f', '--show', img]).trim();
+    const att = await attachPartitioned(img);
+    const loop = att.loop;
     const mnt = join(dir, 'mnt');
     let efi: Buffer;
     try {
-      sh('partx', ['-a', loop]);
-      for (let i = 0; i < 50 && !existsSync(`${loop}p3`); i++) execFileSync('sleep', ['0.1']);
       await mkdir(mnt);
       sh('mount', ['-o', 'ro', `${loop}p1`, mnt]);
       try {
@@ -145,7 +144,7 @@ describe('liveup disk', () => {
       execFileSync('mcopy', ['-i', `${loop}p3`, '::/EFI/BOOT/BOOTX64.EFI', join(dir, 'BOOTX64.EFI')]);
       efi = readFileSync(join(dir, 'BOOTX64.EFI'));
     } finally {
-      execFileSync('sh', ['-c', `partx -d ${loop} 2>/dev/null; losetup -d ${loop}`]);
+      await att.detach();
     }
     // The UEFI image is not compressed: the key (binary, as GRUB reads it), the early config, the
     // static menu (a ustar memdisk) and the modules can be found in it byte for byte.

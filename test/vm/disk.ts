@@ -8,7 +8,7 @@
  *
  * The MBR is written here (one primary Linux partition from 1 MiB) so no
  * partitioning tool is needed; the partition is reached through a loop device
- * and `partx -a` (losetup -P does not create partition nodes on these hosts).
+ * (publisher/src/loopdev.ts, which also clears stale partition nodes).
  * Needs root, grub-mkimage/grub-editenv (grub-common) and grub-pc-bin, mkfs.ext4.
  */
 import { copyFileSync, mkdirSync, mkdtempSync, openSync, writeSync, closeSync, ftruncateSync, writeFileSync, existsSync, rmSync, readdirSync, readFileSync, appendFileSync, rmdirSync } from 'node:fs';
@@ -19,6 +19,7 @@ import { renderBootMenu, type BootMenuGeneration, type BootVerify } from '../../
 import { parseManifest, type Manifest } from '../../agent/src/channel/schema.js';
 import { sha512sums } from '../../agent/src/adapters/stage.js';
 import { installGrubBios, mbrSector } from '../../publisher/src/disk.js';
+import { attachPartitioned } from '../../publisher/src/loopdev.js';
 
 export interface DiskGeneration {
   readonly version: number;
@@ -64,13 +65,12 @@ function sh(cmd: string, args: string[], log: (s: string) => void): string {
 export async function assembleDisk(o: DiskOptions): Promise<void> {
   const log = o.log ?? (() => {});
   writeMbr(o.image, o.sizeMiB);
-  const loop = sh('losetup', ['-f', '--show', o.image], log).trim();
+  const img = await attachPartitioned(o.image);
+  log(`${o.image} on ${img.loop}`);
   const mnt = `${o.image}.mnt`;
   let mounted = false;
   try {
-    sh('partx', ['-a', loop], log);
-    const part = `${loop}p1`;
-    for (let i = 0; i < 50 && !existsSync(part); i++) execFileSync('sleep', ['0.1']);
+    const part = img.dev(1);
     sh('mkfs.ext4', ['-q', '-F', '-L', 'LIVEUP-BOOT', part], log);
     mkdirSync(mnt, { recursive: true });
     sh('mount', [part, mnt], log);
@@ -126,8 +126,7 @@ export async function assembleDisk(o: DiskOptions): Promise<void> {
   } finally {
     if (mounted) execFileSync('umount', [mnt]);
     if (existsSync(mnt)) rmdirSync(mnt);
-    try { execFileSync('partx', ['-d', loop]); } catch { /* already gone */ }
-    execFileSync('losetup', ['-d', loop]);
+    await img.detach();
   }
   const work = mkdtempSync(`${o.image}.grub-`);
   // The same GRUB core as `liveup disk` writes (it finds the boot partition by its marker file).

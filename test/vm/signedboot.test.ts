@@ -17,34 +17,33 @@
  */
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildTestGeneration, MARKER, VM_CACHE } from './generation.js';
 import { bootVm } from './qemu.js';
 import { generateKey } from '../../publisher/src/key.js';
 import { publish } from '../../publisher/src/publish.js';
 import { makeDisk } from '../../publisher/src/disk.js';
+import { attachPartitioned } from '../../publisher/src/loopdev.js';
 import { loadBootKey, loadBootPublicKey } from '../../publisher/src/bootsign.js';
 import { loadPrivateKey } from '../../agent/src/channel/signature.js';
 
 const RUN = process.env.LIVEUP_VM_TESTS === '1';
 
 /** Run `fn` with the image's boot partition (p1) mounted read-write. */
-function withBootPartition<T>(image: string, dir: string, fn: (mnt: string) => T): T {
-  const loop = execFileSync('losetup', ['-f', '--show', image], { encoding: 'utf8' }).trim();
+async function withBootPartition<T>(image: string, dir: string, fn: (mnt: string) => T): Promise<T> {
+  const img = await attachPartitioned(image);
   const mnt = join(dir, 'mnt');
   mkdirSync(mnt, { recursive: true });
   try {
-    execFileSync('partx', ['-a', loop], { stdio: 'ignore' });
-    for (let i = 0; i < 50 && !existsSync(`${loop}p1`); i++) execFileSync('sleep', ['0.1']);
-    execFileSync('mount', [`${loop}p1`, mnt]);
+    execFileSync('mount', [img.dev(1), mnt]);
     try {
       return fn(mnt);
     } finally {
       execFileSync('umount', [mnt]);
     }
   } finally {
-    execFileSync('sh', ['-c', `partx -d ${loop} 2>/dev/null; losetup -d ${loop}`]);
+    await img.detach();
   }
 }
 
@@ -69,7 +68,7 @@ async function signedDisk(work: string, uefi: boolean): Promise<string> {
     out: image, layout: { sizeMiB: 1536, dataMiB: 64, espMiB: uefi ? 64 : 0 }, generations: [g(1), g(2)], defaultVersion: 1,
     serial: true, verify: 'signature', bootPubkey: { key: await loadBootPublicKey(boot.publicKeyPath), source: boot.publicKeyPath }, log: (l) => console.log(l),
   });
-  withBootPartition(image, work, (mnt) => {
+  await withBootPartition(image, work, (mnt) => {
     // Same length, 15 bytes changed in the middle: only the signature can tell.
     const k = join(mnt, 'live', '2', 'vmlinuz');
     const bytes = readFileSync(k);
@@ -103,7 +102,7 @@ describe.skipIf(!RUN)('VM: signed boot (GRUB with the boot key, check_signatures
       expect(c).toMatch(/liveup\.squashfs_sha512=[0-9a-f]{128}/); // the kernel's command line came from the signed boot.cfg
       await vm.stop();
       // GRUB spent the trial's try with save_env under enforce (grubenv is the one file it writes).
-      const env = withBootPartition(image, work, (mnt) => execFileSync('grub-editenv', [join(mnt, 'grub', 'grubenv'), 'list'], { encoding: 'utf8' }));
+      const env = await withBootPartition(image, work, (mnt) => execFileSync('grub-editenv', [join(mnt, 'grub', 'grubenv'), 'list'], { encoding: 'utf8' }));
       expect(env).toMatch(/^liveup_tries_left=0$/m);
       rmSync(image, { force: true }); // the console log stays beside it
     }, 25 * 60_000);
