@@ -49,6 +49,7 @@ import type { JsonObject } from './adapters/journal.js';
 import { hostname, uptime } from 'node:os';
 import { loadKexec, paramsToKeep } from './adapters/kexec.js';
 import { handOverToNextRoot, prepareNextRoot, teardownNextRoot } from './adapters/nextroot.js';
+import { phaseTimer, type PhaseTimer } from './util/phases.js';
 import { mountImage } from './adapters/imagemount.js';
 import { writeFileAtomic, ensureDir } from './util/fsatomic.js';
 
@@ -88,23 +89,39 @@ export interface HostFacts {
  * (`liveRoot` = /); the agent refuses them on a test root.
  */
 export interface SwitchActions {
-  kexec(t: { bootDir: string; version: number; cmdline: string }): Promise<void>;
-  softReboot(t: { version: number; squashfs: string; persistent: readonly string[] }): Promise<void>;
+  kexec(t: { bootDir: string; version: number; cmdline: string }, hooks?: SwitchHooks): Promise<void>;
+  softReboot(t: { version: number; squashfs: string; persistent: readonly string[] }, hooks?: SwitchHooks): Promise<void>;
   reboot(): Promise<void>;
 }
 
+export interface SwitchHooks {
+  /** Close the phase running since the previous mark (util/phases.ts). */
+  mark(phase: string): void;
+  /** Called just before the target is started: the last moment this userspace surely has. */
+  beforeStart(): void;
+}
+
+const NO_HOOKS: SwitchHooks = { mark: () => {}, beforeStart: () => {} };
+
 const THIS_MACHINE: SwitchActions = {
-  async kexec(t) {
+  async kexec(t, hooks = NO_HOOKS) {
     const keep = paramsToKeep(await readFile('/proc/cmdline', 'utf8').catch(() => ''));
     await loadKexec({ ...t, keep });
+    hooks.mark('kexec-load');
+    hooks.beforeStart();
     await createSystemd('system').startTarget('kexec.target');
+    hooks.mark('start-kexec.target');
   },
-  async softReboot(t) {
+  async softReboot(t, hooks = NO_HOOKS) {
     const mounts = await prepareNextRoot({ squashfs: t.squashfs, persistent: t.persistent });
+    hooks.mark('nextroot');
     let undo: (() => Promise<void>) | null = null;
     try {
       undo = await handOverToNextRoot({ runDir: '/run/liveup', version: t.version });
+      hooks.mark('hand-over');
+      hooks.beforeStart();
       await createSystemd('system').startTarget('soft-reboot.target');
+      hooks.mark('start-soft-reboot.target');
     } catch (e) {
       // Not switched: this userspace stays what it was, with no new root left mounted.
       await undo?.();
@@ -207,7 +224,8 @@ export class Agent implements AgentApi {
       // A switch (kexec, soft-reboot, reboot) ends with this userspace going down, often before its
       // step is closed: when its target is what booted, it did what it was for.
       if ((step.kind === 'kexec' || step.kind === 'reboot') && step.version !== null && step.version === this.#booted) {
-        this.#journal.endStep(step.id, 'ok', null, `${step.kind} into ${step.version} landed: generation ${step.version} is booted`);
+        const timeline = typeof step.details.timeline === 'string' ? ` [${step.details.timeline}]` : '';
+        this.#journal.endStep(step.id, 'ok', null, `${step.kind} into ${step.version} landed: generation ${step.version} is booted${timeline}`);
         continue;
       }
       this.#journal.endStep(step.id, 'failed', 'INTERNAL', 'interrupted: the agent stopped before this step ended');
@@ -329,10 +347,10 @@ export class Agent implements AgentApi {
   }
 
   /** Run a journalled step: a row before it starts, closed with its outcome. */
-  async #step<T>(kind: Parameters<Journal['beginStep']>[0], version: number | null, fn: () => Promise<T>, okMessage?: (r: T) => string): Promise<T> {
+  async #step<T>(kind: Parameters<Journal['beginStep']>[0], version: number | null, fn: (stepId: number) => Promise<T>, okMessage?: (r: T) => string): Promise<T> {
     const id = this.#journal.beginStep(kind, version);
     try {
-      const r = await fn();
+      const r = await fn(id);
       this.#journal.endStep(id, 'ok', null, okMessage?.(r) ?? null);
       return r;
     } catch (e) {
@@ -469,12 +487,15 @@ export class Agent implements AgentApi {
    */
   async update(opts: UpdateOptions, how: { scheduled?: boolean; version?: number } = {}): Promise<UpdateResult> {
     this.#setState('checking');
+    const phases = phaseTimer();
     try {
       if (!how.scheduled) this.#journal.setSetting('rollback-hold', null);
       const { target, reason, rearm } = await this.#checkChannel({ honourHold: how.scheduled === true, ...(how.version !== undefined ? { version: how.version } : {}) });
+      phases.mark('check');
       // A generation staged before and disarmed since (`rollback --live`, then `agentctl update`) is
       // armed again, so the next boot tries it: a replay of it must not be undone by the reboot.
       const staged = target ? await this.#fetchAndStage(target) : rearm !== null ? await this.#rearm(rearm) : null;
+      if (staged !== null) phases.mark('stage');
       // Acting on the decision: a scheduled run follows the policy; `--now` orders it; `--apply-live` asks for a replay only.
       const act = !opts.downloadOnly && (opts.applyNow === true || how.scheduled === true);
       const live = !opts.downloadOnly && (opts.applyLive || act);
@@ -487,9 +508,10 @@ export class Agent implements AgentApi {
           this.#log.warn({ err: toLiveupError(e).message }, 'decision failed');
           return null;
         });
+        phases.mark('decide');
         if (decided?.decision.action === 'wait') waitNote = `; ${decided.decision.reason}`;
         if (decided && live && decided.decision.action === 'live-apply') return await this.#applyLive(decided.chain);
-        if (decided && act && !opts.applyLive && ['soft-reboot', 'kexec', 'reboot'].includes(decided.decision.action)) return await this.#switchTo(decided.decision);
+        if (decided && act && !opts.applyLive && ['soft-reboot', 'kexec', 'reboot'].includes(decided.decision.action)) return await this.#switchTo(decided.decision, decided.chain, phases);
         if (decided && opts.applyLive) {
           throw new LiveupError('LIVE_APPLY_REFUSED', `no live replay to ${decided.decision.target}: ${decided.decision.reason}`, { version: decided.decision.target ?? 0 });
         }
@@ -649,11 +671,12 @@ export class Agent implements AgentApi {
     }));
     const host = this.#host;
     const disruptive = pending.length > 0;
-    const [found, kexecUnavailable, softRebootUnavailable] = disruptive
-      ? await Promise.all([host.sessions(), host.kexecUnavailable(), host.softRebootUnavailable()])
-      : [{ users: [], inhibitors: [] }, null, null];
-    // `agentctl update --now`: the administrator's order overrides the window and the people gates.
-    const sessions = now_ ? { users: [], inhibitors: [] } : found;
+    // `agentctl update --now`: the administrator's order overrides the window and the people gates,
+    // so logind is not even asked (one D-Bus connection less before the switch).
+    const none = { users: [], inhibitors: [] };
+    const [sessions, kexecUnavailable, softRebootUnavailable] = disruptive
+      ? await Promise.all([now_ ? none : host.sessions(), host.kexecUnavailable(), host.softRebootUnavailable()])
+      : [none, null, null];
     const runningKernel = running === null ? null : this.#journal.getGeneration(running)?.kernelVersion ?? 'unknown';
     const decision = decide({
       running: running === null ? null : { version: running, kernelVersion: runningKernel ?? 'unknown' },
@@ -678,7 +701,7 @@ export class Agent implements AgentApi {
    * boot check the next real boot falls back; the journal step is closed
    * before the machine goes down, so it is not reported as interrupted.
    */
-  async #switchTo(d: Decision): Promise<UpdateResult> {
+  async #switchTo(d: Decision, chain: readonly VerifiedManifest[], phases: PhaseTimer): Promise<UpdateResult> {
     const v = d.target!;
     if (this.#config.liveRoot !== '/') {
       throw new LiveupError('INVALID_ARGUMENT', `${d.action} into ${v} is carried out only on a machine (liveRoot is ${this.#config.liveRoot})`);
@@ -696,20 +719,37 @@ export class Agent implements AgentApi {
         return { version: v, outcome: 'staged', message: this.#decision.reason };
       }
       this.#journal.setSetting('fleet-lock-held', JSON.stringify({ version: v, machineId }));
+      phases.mark('fleet-lock');
     }
     this.#setState('applying');
     const dir = join(this.#config.bootDir, 'live', String(v));
+    // The journal keeps the timeline with the step (`agentctl history`), the log as fields. The
+    // step's details get it before the target starts: a userspace going down may not close the
+    // step, and the next start closes it as landed with that timeline (start()).
+    const hooks = (stepId: number): SwitchHooks => ({
+      mark: (p) => phases.mark(p),
+      beforeStart: () => this.#journal.noteStep(stepId, { timeline: phases.summary() }),
+    });
+    const timed = (what: string) => {
+      this.#log.info({ version: v, action: d.action, phases: phases.phases }, 'switch timeline');
+      return `${what} (${d.reason}) [${phases.summary()}]`;
+    };
     if (d.action === 'kexec') {
-      const cmdline = (await this.#stagedManifest(v)).manifest.kernel.cmdline;
-      await this.#step('kexec', v, () => actions.kexec({ bootDir: this.#config.bootDir, version: v, cmdline }), () => `kexec into ${v}: kernel loaded, kexec.target started (${d.reason})`);
+      // The decision verified the target's manifest moments ago: no second verification on the critical path.
+      const cmdline = (chain.find((m) => m.manifest.version === v) ?? (await this.#stagedManifest(v))).manifest.kernel.cmdline;
+      await this.#step('kexec', v, (id) => actions.kexec({ bootDir: this.#config.bootDir, version: v, cmdline }, hooks(id)), () => timed(`kexec into ${v}: kernel loaded, kexec.target started`));
       return { version: v, outcome: 'kexec-scheduled', message: `switching to generation ${v} with kexec: ${d.reason}` };
     }
     if (d.action === 'soft-reboot') {
-      await this.#step('reboot', v, () => actions.softReboot({ version: v, squashfs: join(dir, 'filesystem.squashfs'), persistent: [this.#config.stateDir] }),
-        () => `soft-reboot into ${v}: /run/nextroot mounted, soft-reboot.target started (${d.reason})`);
+      await this.#step('reboot', v, (id) => actions.softReboot({ version: v, squashfs: join(dir, 'filesystem.squashfs'), persistent: [this.#config.stateDir] }, hooks(id)),
+        () => timed(`soft-reboot into ${v}: /run/nextroot mounted, soft-reboot.target started`));
       return { version: v, outcome: 'reboot-scheduled', message: `switching userspace to generation ${v} (soft-reboot): ${d.reason}` };
     }
-    await this.#step('reboot', v, () => actions.reboot(), () => `reboot into ${v} started (${d.reason})`);
+    await this.#step('reboot', v, async (id) => {
+      hooks(id).beforeStart();
+      await actions.reboot();
+      phases.mark('start-reboot.target');
+    }, () => timed(`reboot into ${v} started`));
     return { version: v, outcome: 'reboot-scheduled', message: `rebooting into generation ${v}: ${d.reason}` };
   }
 

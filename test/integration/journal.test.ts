@@ -85,6 +85,12 @@ describe('Journal', () => {
       expect(j2.inProgress()).toEqual([]);
       expect(j2.history({ limit: 1 })[0]).toMatchObject({ status: 'failed', errorCode: 'INTERNAL', details: { bytes: 10 } });
       expect(() => j2.endStep(open1, 'ok')).toThrow(LiveupError);
+      // Notes go to steps in progress only, merged over what they hold.
+      const open2 = j2.beginStep('kexec', 5, { bytes: 1 });
+      j2.noteStep(open2, { timeline: 'check 0.40 s' });
+      j2.noteStep(open1, { timeline: 'too late' });
+      expect(j2.inProgress()[0]).toMatchObject({ id: open2, details: { bytes: 1, timeline: 'check 0.40 s' } });
+      expect(j2.history({ version: 4, limit: 1 })[0]!.details).toEqual({ bytes: 10 });
     } finally {
       j2.close();
     }

@@ -177,5 +177,8 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     await g.bootCheckPassed();
     expect(await g.status()).toMatchObject({ bootedVersion: 3, lastGoodVersion: 3 });
     expect(await history()).toContainEqual(expect.objectContaining({ kind: 'update', version: 3 }));
+    expect(await history()).toContainEqual(expect.objectContaining({
+      kind: 'apply', version: 3, status: 'succeeded', message: expect.stringMatching(/^kexec into 3.*\[check \d+\.\d\d s, stage \d+\.\d\d s, decide \d+\.\d\d s, (fleet-lock \d+\.\d\d s, )?kexec-load \d+\.\d\d s/),
+    }));
   }, 120 * 60_000);
 });

@@ -8,7 +8,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import dbus from 'dbus-next';
-import { openBus, type BusSpec } from '../dbus/bus.js';
+import { callMethod, openBus, type BusSpec } from '../dbus/bus.js';
 import { createSystemd } from './systemd.js';
 import { onPath } from '../util/path.js';
 import { SOFT_REBOOT_ID } from './nextroot.js';
@@ -57,11 +57,10 @@ export async function sessions(bus: BusSpec = 'system'): Promise<Sessions> {
   let conn: dbus.MessageBus | null = null;
   try {
     conn = await openBus(bus, { timeoutMs: 3_000 });
-    const obj = await conn.getProxyObject('org.freedesktop.login1', '/org/freedesktop/login1');
-    const m = obj.getInterface('org.freedesktop.login1.Manager');
-    const list = (await m.ListSessions!()) as [string, number, string, string, string][];
+    const call = (member: string) => callMethod(conn!, { destination: 'org.freedesktop.login1', path: '/org/freedesktop/login1', interface: 'org.freedesktop.login1.Manager', member });
+    const [list] = (await call('ListSessions')) as [[string, number, string, string, string][]];
     const users = [...new Set(list.map(([, , user]) => user))].sort();
-    const inh = (await m.ListInhibitors!()) as [string, string, string, string, number, number][];
+    const [inh] = (await call('ListInhibitors')) as [[string, string, string, string, number, number][]];
     const inhibitors = inh.filter(([what, , , mode]) => mode === 'block' && /shutdown/.test(what)).map(([, who, why]) => `${who}: ${why}`);
     return { users, inhibitors };
   } catch {

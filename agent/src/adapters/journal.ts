@@ -406,6 +406,14 @@ export class Journal {
     if (res.changes !== 1) throw new LiveupError('INTERNAL', `journal step ${id} is not in progress`, { id });
   }
 
+  /**
+   * Merge details into a step still in progress: what it did so far, kept
+   * if the step is cut off (a switch whose userspace goes down with it).
+   */
+  noteStep(id: number, details: JsonObject): void {
+    this.db.prepare(`UPDATE events SET details = json_patch(details, ?) WHERE id = ? AND status = 'started'`).run(JSON.stringify(details), id);
+  }
+
   /** An instantaneous event. Returns its id. */
   event(e: { kind: PointKind; version?: number | null; status?: 'ok' | 'failed'; errorCode?: ErrorCode | null; message?: string | null; details?: JsonObject }): number {
     const at = this.stamp();

@@ -23,7 +23,7 @@ import { randomUUID } from 'node:crypto';
 import { copyFile, mkdir, readFile, readlink, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run as defaultRun, type Runner } from './exec.js';
-import { LiveupError } from '../channel/errors.js';
+import { LiveupError, toLiveupError } from '../channel/errors.js';
 import { writeFileAtomic } from '../util/fsatomic.js';
 import { mountPoints } from '../util/mountinfo.js';
 
@@ -93,32 +93,49 @@ export function nextRootPlan(o: NextRootOptions): MountStep[] {
   ];
 }
 
-/** Mount the plan; on failure unmount what was mounted, newest first, and rethrow. Returns the mount points, outermost last. */
+/** `s` as one shell word. */
+const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/**
+ * Mount the plan; on failure unmount what was mounted, newest first, and
+ * rethrow. Returns the mount points, outermost last.
+ *
+ * The whole plan runs as one `sh -e` script in PID 1's namespace: one process
+ * (and one nsenter) instead of a mkdir and a mount per step, since every spawn
+ * is on a switch's critical path. A directory inside a mount made there exists
+ * only there, so the mkdirs run in the script too.
+ */
 export async function prepareNextRoot(o: NextRootOptions, runner: Runner = defaultRun): Promise<string[]> {
   const ns = await namespaceOf(o.initPid ?? 1);
-  const done: string[] = [];
+  const plan = nextRootPlan(o);
+  const targets = plan.map((s) => s.target);
+  const script = plan.map((s) => `mkdir -p ${s.mkdir.map(q).join(' ')}\nmount ${s.args.map(q).join(' ')}`).join('\n');
   try {
-    for (const step of nextRootPlan(o)) {
-      // mkdir too in PID 1's namespace: a directory inside a mount made there exists only there.
-      await runner(...ns.command('mkdir', ['-p', ...step.mkdir]), { timeoutMs: 60_000 });
-      await runner(...ns.command('mount', step.args), { timeoutMs: 60_000 });
-      done.push(step.target);
-    }
+    await runner(...ns.command('sh', ['-ec', script]), { timeoutMs: 60_000 }).catch((e: unknown) => {
+      // The script is long and the tool's own words name the failing mount: say those.
+      const err = toLiveupError(e);
+      const said = typeof err.details.stderr === 'string' && err.details.stderr.trim() ? err.details.stderr.trim() : err.message;
+      throw new LiveupError('COMMAND_FAILED', `mounting the new root at ${o.nextroot ?? '/run/nextroot'} failed: ${said}`, { ...err.details, command: 'prepare /run/nextroot' }, { cause: e });
+    });
     const seen = mountPoints(await readFile(`/proc/${ns.pid}/mountinfo`, 'utf8'));
-    const missing = done.filter((m) => !seen.has(m));
+    const missing = targets.filter((m) => !seen.has(m));
     if (missing.length > 0) {
       throw new LiveupError('COMMAND_FAILED', `the new root is not mounted where PID ${ns.pid} (systemd) looks: ${missing.join(', ')} missing from its mountinfo`, { missing: missing.join(' ') });
     }
-    return done;
+    return targets;
   } catch (e) {
-    await teardownNextRoot(done, runner, o.initPid);
+    // Whichever steps ran: unmounting one that did not is a harmless error.
+    await teardownNextRoot(targets, runner, o.initPid);
     throw e;
   }
 }
 
+/** Lazily unmount `mounts`, newest first, in one process; mounts that are not there are skipped. */
 export async function teardownNextRoot(mounts: readonly string[], runner: Runner = defaultRun, initPid = 1): Promise<void> {
+  if (mounts.length === 0) return;
   const ns = await namespaceOf(initPid);
-  for (const m of [...mounts].reverse()) await runner(...ns.command('umount', ['-l', m]), { timeoutMs: 60_000 }).catch(() => undefined);
+  const script = [...mounts].reverse().map((m) => `umount -l ${q(m)} 2>/dev/null || true`).join('\n');
+  await runner(...ns.command('sh', ['-c', script]), { timeoutMs: 60_000 }).catch(() => undefined);
 }
 
 /**

@@ -8,7 +8,7 @@
  * agent's name down with it.
  */
 import dbus from 'dbus-next';
-import { openBus, type BusSpec } from '../dbus/bus.js';
+import { callMethod, openBus, type BusSpec } from '../dbus/bus.js';
 import { LiveupError } from '../channel/errors.js';
 
 const DEST = 'org.freedesktop.systemd1';
@@ -62,19 +62,25 @@ export function createSystemd(bus: BusSpec = 'system'): Systemd {
         }
         return results;
       }),
-    startTarget: (target) =>
-      withManager(async (m) => {
-        try {
-          await m.StartUnit!(target, 'replace-irreversibly');
-        } catch (e) {
-          throw new LiveupError('COMMAND_FAILED', `systemd refused to start ${target}: ${(e as Error).message}`, { unit: target }, { cause: e });
-        }
-      }),
-    version: () =>
-      withManager(async (_m, conn) => {
-        const props = (await conn.getProxyObject(DEST, PATH)).getInterface('org.freedesktop.DBus.Properties');
-        const v = (await props.Get!(MANAGER, 'Version')) as dbus.Variant<string>;
-        return Number(/^(\d+)/.exec(v.value)?.[1] ?? 0);
-      }),
+    // Plain calls, no proxy: see callMethod (these two are on every switch's path).
+    startTarget: async (target) => {
+      const conn = await openBus(bus, { timeoutMs: 5_000 });
+      try {
+        await callMethod(conn, { destination: DEST, path: PATH, interface: MANAGER, member: 'StartUnit', signature: 'ss', body: [target, 'replace-irreversibly'] });
+      } catch (e) {
+        throw new LiveupError('COMMAND_FAILED', `systemd refused to start ${target}: ${(e as Error).message}`, { unit: target }, { cause: e });
+      } finally {
+        conn.disconnect();
+      }
+    },
+    version: async () => {
+      const conn = await openBus(bus, { timeoutMs: 5_000 });
+      try {
+        const [v] = await callMethod(conn, { destination: DEST, path: PATH, interface: 'org.freedesktop.DBus.Properties', member: 'Get', signature: 'ss', body: [MANAGER, 'Version'] });
+        return Number(/^(\d+)/.exec(String((v as dbus.Variant<string> | undefined)?.value ?? ''))?.[1] ?? 0);
+      } finally {
+        conn.disconnect();
+      }
+    },
   };
 }

@@ -113,3 +113,26 @@ export async function openBus(bus: BusSpec, opts: { timeoutMs?: number } = {}): 
     conn.once('error', fail);
   });
 }
+
+export interface MethodCall {
+  readonly destination: string;
+  readonly path: string;
+  readonly interface: string;
+  readonly member: string;
+  readonly signature?: string;
+  readonly body?: readonly unknown[];
+}
+
+/**
+ * One method call without a proxy object. `getProxyObject` first introspects
+ * the remote object: systemd's manager answers with ~60 KB of XML that
+ * dbus-next parses before the call goes out, hundreds of milliseconds under
+ * emulation, on the path of every switch. An error reply rejects (DBusError).
+ */
+export async function callMethod(conn: MessageBus, m: MethodCall): Promise<unknown[]> {
+  const reply = await conn.call(new dbus.Message({
+    destination: m.destination, path: m.path, interface: m.interface, member: m.member,
+    ...(m.signature ? { signature: m.signature, body: [...(m.body ?? [])] } : {}),
+  }));
+  return (reply?.body ?? []) as unknown[];
+}
