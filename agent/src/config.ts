@@ -25,15 +25,10 @@ import { ARCH_RE, CHANNEL_RE } from './channel/schema.js';
 import { GRUB_VERIFY_MODES, type GrubVerify } from './core/bootmenu.js';
 import { Reader, join, parseJson } from './util/validate.js';
 
-export const DEFAULT_MAIN_FILE = '/etc/liveup/agent.json';
-export const DEFAULT_DROP_IN_DIR = '/etc/liveup/agent.d';
-/**
- * The machine's own drop-ins, merged after the image's: on the persistent data
- * partition (mounted on /var/lib/liveup by the initramfs), so what is set on
- * one machine — its fleet enrollment — survives reboots and new generations,
- * while /etc/liveup comes fresh from each image.
- */
-export const DEFAULT_LOCAL_DROP_IN_DIR = '/var/lib/liveup/agent.d';
+// The default paths live apart so agentctl can name them without loading this
+// module's node-cron and chokidar (every agentctl start pays for what it imports).
+export { DEFAULT_MAIN_FILE, DEFAULT_DROP_IN_DIR, DEFAULT_LOCAL_DROP_IN_DIR } from './configpaths.js';
+import { DEFAULT_DROP_IN_DIR, DEFAULT_LOCAL_DROP_IN_DIR, DEFAULT_MAIN_FILE } from './configpaths.js';
 
 export const REBOOT_STRATEGIES = ['live', 'kexec', 'reboot', 'stage-only'] as const;
 export type RebootStrategy = (typeof REBOOT_STRATEGIES)[number];

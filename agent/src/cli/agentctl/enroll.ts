@@ -7,7 +7,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LiveupError } from '../../channel/errors.js';
-import { DEFAULT_LOCAL_DROP_IN_DIR } from '../../config.js';
+import { DEFAULT_LOCAL_DROP_IN_DIR } from '../../configpaths.js';
 import { writeFileAtomic } from '../../util/fsatomic.js';
 import { EXIT, optString, requireString, type Command } from '../framework.js';
 
