@@ -31,15 +31,17 @@ export interface Systemd {
 }
 
 export function createSystemd(bus: BusSpec = 'system'): Systemd {
-  async function withManager<T>(f: (m: dbus.ClientInterface, conn: dbus.MessageBus) => Promise<T>): Promise<T> {
+  async function withConn<T>(f: (conn: dbus.MessageBus) => Promise<T>): Promise<T> {
     const conn = await openBus(bus, { timeoutMs: 5_000 });
     try {
-      const obj = await conn.getProxyObject(DEST, PATH);
-      return await f(obj.getInterface(MANAGER), conn);
+      return await f(conn);
     } finally {
       conn.disconnect();
     }
   }
+  // A proxy (introspection first) only where signals are needed: JobRemoved for restarts.
+  const withManager = <T>(f: (m: dbus.ClientInterface) => Promise<T>): Promise<T> =>
+    withConn(async (conn) => f((await conn.getProxyObject(DEST, PATH)).getInterface(MANAGER)));
   return {
     restartUnits: (units, timeoutMs = 120_000) =>
       withManager(async (m) => {
@@ -63,24 +65,18 @@ export function createSystemd(bus: BusSpec = 'system'): Systemd {
         return results;
       }),
     // Plain calls, no proxy: see callMethod (these two are on every switch's path).
-    startTarget: async (target) => {
-      const conn = await openBus(bus, { timeoutMs: 5_000 });
-      try {
-        await callMethod(conn, { destination: DEST, path: PATH, interface: MANAGER, member: 'StartUnit', signature: 'ss', body: [target, 'replace-irreversibly'] });
-      } catch (e) {
-        throw new LiveupError('COMMAND_FAILED', `systemd refused to start ${target}: ${(e as Error).message}`, { unit: target }, { cause: e });
-      } finally {
-        conn.disconnect();
-      }
-    },
-    version: async () => {
-      const conn = await openBus(bus, { timeoutMs: 5_000 });
-      try {
+    startTarget: (target) =>
+      withConn(async (conn) => {
+        try {
+          await callMethod(conn, { destination: DEST, path: PATH, interface: MANAGER, member: 'StartUnit', signature: 'ss', body: [target, 'replace-irreversibly'] });
+        } catch (e) {
+          throw new LiveupError('COMMAND_FAILED', `systemd refused to start ${target}: ${(e as Error).message}`, { unit: target }, { cause: e });
+        }
+      }),
+    version: () =>
+      withConn(async (conn) => {
         const [v] = await callMethod(conn, { destination: DEST, path: PATH, interface: 'org.freedesktop.DBus.Properties', member: 'Get', signature: 'ss', body: [MANAGER, 'Version'] });
         return Number(/^(\d+)/.exec(String((v as dbus.Variant<string> | undefined)?.value ?? ''))?.[1] ?? 0);
-      } finally {
-        conn.disconnect();
-      }
-    },
+      }),
   };
 }
