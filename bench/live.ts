@@ -10,9 +10,9 @@
  *                apply (systemd's ActiveExit → ActiveEnter timestamps)
  *   full reboot  `systemctl reboot` into the generation just applied live,
  *                until its boot check passed; three times, and the ratios
- *                are against the median (one TCG boot can be 30 s off
- *                another: GRUB's load of the kernel and initrd took 13-32 s,
- *                systemd's start from a cold squashfs 1.5-13 s)
+ *                are against the median (one TCG boot can be 38 s off
+ *                another: GRUB's load of the kernel and initrd took 12-35 s,
+ *                systemd's start from a cold squashfs 1.5-14 s)
  *   soft-reboot  a libc6-only generation: `agentctl update --now` until the
  *                new userspace's boot check passed
  *   kexec        a kernel change: `agentctl update --now` until the new

@@ -92,6 +92,17 @@ export function planPartitions(l: DiskLayout): Partition[] {
 }
 
 /** The 512-byte MBR for these partitions (no boot code: GRUB's goes in later). Pure. */
+/** A blank image of `sizeMiB` holding `parts` in its MBR (written by makeDisk, and by the tests' own disks). */
+export function writeBlankImage(path: string, sizeMiB: number, parts: readonly Partition[]): void {
+  const fd = openSync(path, 'w');
+  try {
+    ftruncateSync(fd, sizeMiB * MiB);
+    writeSync(fd, mbrSector(parts), 0, SECTOR, 0);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 export function mbrSector(parts: readonly Partition[]): Buffer {
   const mbr = Buffer.alloc(SECTOR);
   for (const p of parts) {
@@ -155,13 +166,7 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
   let loop: AttachedImage | null = null;
   let mounted: string | null = null;
   try {
-    const fd = openSync(tmp, 'w');
-    try {
-      ftruncateSync(fd, o.layout.sizeMiB * MiB);
-      writeSync(fd, mbrSector(parts), 0, SECTOR, 0);
-    } finally {
-      closeSync(fd);
-    }
+    writeBlankImage(tmp, o.layout.sizeMiB, parts);
     loop = await attachPartitioned(tmp);
     const dev = loop.dev;
     log('formatting: boot, data' + (uefi ? ', EFI system partition' : ''));

@@ -55,10 +55,15 @@ function readMbr(image: string): MbrEntry[] {
   return parseMbr(b);
 }
 
+/** The kernel's directory for partition `n` of `loop` (/sys/block/loopN/loopNpn). */
+function partSysfs(loop: string, n: number): string {
+  const name = basename(loop);
+  return `/sys/block/${name}/${name}p${n}`;
+}
+
 /** True when the kernel's view of partition `p` on `loop` is the image's. */
 function matches(loop: string, p: MbrEntry): boolean {
-  const name = basename(loop);
-  const sys = `/sys/block/${name}/${name}p${p.number}`;
+  const sys = partSysfs(loop, p.number);
   try {
     return Number(readFileSync(`${sys}/start`, 'utf8')) === p.startLba
       && Number(readFileSync(`${sys}/size`, 'utf8')) === p.sectors
@@ -84,7 +89,7 @@ export async function attachPartitioned(image: string, device?: string): Promise
     // udev's probe of a just-unmounted partition can hold it for a moment: delete, then ask again.
     for (let i = 0; i < 5; i++) {
       await run('partx', ['-d', loop], { okExitCodes: [0, 1] }).catch(() => undefined);
-      if (!parts.some((p) => existsSync(`/sys/block/${basename(loop)}/${basename(loop)}p${p.number}`))) break;
+      if (!parts.some((p) => existsSync(partSysfs(loop, p.number)))) break;
       await sleep(200);
     }
     await run('losetup', ['-d', loop]);

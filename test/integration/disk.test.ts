@@ -57,14 +57,13 @@ describe('liveup disk', () => {
     expect(head.subarray(512, 1024).some((b) => b !== 0)).toBe(true);
 
     const att = await attachPartitioned(img);
-    const loop = att.loop;
     const mnt = join(dir, 'mnt');
     try {
-      expect(sh('blkid', ['-s', 'LABEL', '-o', 'value', `${loop}p1`]).trim()).toBe('LIVEUP-BOOT');
-      expect(sh('blkid', ['-s', 'LABEL', '-o', 'value', `${loop}p2`]).trim()).toBe('LIVEUP-DATA');
-      expect(sh('blkid', ['-s', 'TYPE', '-o', 'value', `${loop}p3`]).trim()).toBe('vfat');
+      expect(sh('blkid', ['-s', 'LABEL', '-o', 'value', att.dev(1)]).trim()).toBe('LIVEUP-BOOT');
+      expect(sh('blkid', ['-s', 'LABEL', '-o', 'value', att.dev(2)]).trim()).toBe('LIVEUP-DATA');
+      expect(sh('blkid', ['-s', 'TYPE', '-o', 'value', att.dev(3)]).trim()).toBe('vfat');
       await mkdir(mnt);
-      sh('mount', ['-o', 'ro', `${loop}p1`, mnt]);
+      sh('mount', ['-o', 'ro', att.dev(1), mnt]);
       try {
         expect((await readdir(join(mnt, 'live', '1'))).sort()).toEqual(['SHA512SUMS', 'filesystem.squashfs', 'initrd.img', 'manifest.json', 'manifest.json.sig', 'vmlinuz']);
         expect(sh('sha512sum', ['-c', '--strict', join(mnt, 'live', '1', 'SHA512SUMS')], join(mnt, 'live', '1'))).toMatch(/filesystem.squashfs: OK/);
@@ -79,7 +78,7 @@ describe('liveup disk', () => {
       } finally {
         sh('umount', [mnt]);
       }
-      execFileSync('mcopy', ['-i', `${loop}p3`, '::/EFI/BOOT/BOOTX64.EFI', join(dir, 'BOOTX64.EFI')]);
+      execFileSync('mcopy', ['-i', att.dev(3), '::/EFI/BOOT/BOOTX64.EFI', join(dir, 'BOOTX64.EFI')]);
       expect(readFileSync(join(dir, 'BOOTX64.EFI')).subarray(0, 2).toString()).toBe('MZ'); // a PE image, where UEFI looks on removable media
     } finally {
       await att.detach();
@@ -122,12 +121,11 @@ describe('liveup disk', () => {
     expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, version: 1, firmware: ['bios', 'uefi'] });
 
     const att = await attachPartitioned(img);
-    const loop = att.loop;
     const mnt = join(dir, 'mnt');
     let efi: Buffer;
     try {
       await mkdir(mnt);
-      sh('mount', ['-o', 'ro', `${loop}p1`, mnt]);
+      sh('mount', ['-o', 'ro', att.dev(1), mnt]);
       try {
         expect((await readdir(join(mnt, 'live', '1'))).sort()).toEqual([
           'SHA512SUMS', 'boot.cfg', 'boot.cfg.sig', 'filesystem.squashfs', 'initrd.img', 'initrd.img.sig', 'manifest.json', 'manifest.json.sig', 'vmlinuz', 'vmlinuz.sig',
@@ -141,7 +139,7 @@ describe('liveup disk', () => {
       } finally {
         sh('umount', [mnt]);
       }
-      execFileSync('mcopy', ['-i', `${loop}p3`, '::/EFI/BOOT/BOOTX64.EFI', join(dir, 'BOOTX64.EFI')]);
+      execFileSync('mcopy', ['-i', att.dev(3), '::/EFI/BOOT/BOOTX64.EFI', join(dir, 'BOOTX64.EFI')]);
       efi = readFileSync(join(dir, 'BOOTX64.EFI'));
     } finally {
       await att.detach();

@@ -5,22 +5,17 @@
  */
 import { describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { tmp } from '../helpers/tmp.js';
-import { mbrSector, planPartitions } from '../../publisher/src/disk.js';
+import { mbrSector, planPartitions, writeBlankImage } from '../../publisher/src/disk.js';
 import { attachPartitioned, parseMbr } from '../../publisher/src/loopdev.js';
 
 const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
 function image(path: string, sizeMiB: number, parts: { number: number; startLba: number; sectors: number }[]): void {
-  const fd = openSync(path, 'w');
-  try {
-    ftruncateSync(fd, sizeMiB * 1024 * 1024);
-    if (parts.length) writeSync(fd, mbrSector(parts.map((p) => ({ ...p, type: 0x83, bootable: false }))), 0, 512, 0);
-  } finally {
-    closeSync(fd);
-  }
+  if (parts.length) writeBlankImage(path, sizeMiB, parts.map((p) => ({ ...p, type: 0x83, bootable: false })));
+  else writeFileSync(path, Buffer.alloc(sizeMiB * 1024 * 1024)); // no table at all
 }
 
 const sysParts = (loop: string) => {

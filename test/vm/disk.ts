@@ -11,14 +11,14 @@
  * (publisher/src/loopdev.ts, which also clears stale partition nodes).
  * Needs root, grub-mkimage/grub-editenv (grub-common) and grub-pc-bin, mkfs.ext4.
  */
-import { copyFileSync, mkdirSync, mkdtempSync, openSync, writeSync, closeSync, ftruncateSync, writeFileSync, existsSync, rmSync, readdirSync, readFileSync, appendFileSync, rmdirSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, openSync, writeSync, closeSync, writeFileSync, existsSync, rmSync, readdirSync, readFileSync, appendFileSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { renderBootMenu, type BootMenuGeneration, type BootVerify } from '../../agent/src/core/bootmenu.js';
 import { parseManifest, type Manifest } from '../../agent/src/channel/schema.js';
 import { sha512sums } from '../../agent/src/adapters/stage.js';
-import { installGrubBios, mbrSector } from '../../publisher/src/disk.js';
+import { installGrubBios, writeBlankImage } from '../../publisher/src/disk.js';
 import { attachPartitioned } from '../../publisher/src/loopdev.js';
 
 export interface DiskGeneration {
@@ -48,13 +48,7 @@ export interface DiskOptions {
 }
 
 function writeMbr(image: string, sizeMiB: number): void {
-  const fd = openSync(image, 'w');
-  try {
-    ftruncateSync(fd, sizeMiB * 1024 * 1024);
-    writeSync(fd, mbrSector([{ number: 1, startLba: 2048, sectors: (sizeMiB * 1024 * 1024) / 512 - 2048, type: 0x83, bootable: true }]), 0, 512, 0);
-  } finally {
-    closeSync(fd);
-  }
+  writeBlankImage(image, sizeMiB, [{ number: 1, startLba: 2048, sectors: (sizeMiB * 1024 * 1024) / 512 - 2048, type: 0x83, bootable: true }]);
 }
 
 function sh(cmd: string, args: string[], log: (s: string) => void): string {
