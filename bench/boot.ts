@@ -17,10 +17,11 @@
  *
  *   node dist/bench/boot.js [--runs 1] [--json]
  */
-import { mkdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { buildAgentGeneration, REPO, runAsync, VM_CACHE } from '../test/vm/generation.js';
+import { buildAgentGeneration, REPO, runAsync } from '../test/vm/generation.js';
+import { newRunDir } from '../test/vm/cache.js';
 import { BOOT_CHECK_PASSED, BOOT_MILESTONES, bootVm, timeMilestones } from '../test/vm/qemu.js';
 
 interface Variant {
@@ -78,8 +79,7 @@ async function main(): Promise<void> {
   const log = (s: string) => process.stderr.write(`${s}\n`);
   // No channel is served: the agent's checks run on its schedule, not during these boots.
   const gen = await buildAgentGeneration(log, 'http://10.0.2.2:8080/');
-  const work = join(VM_CACHE, 'runs', `bench-boot-${Date.now()}`);
-  mkdirSync(work, { recursive: true });
+  const work = newRunDir('bench-boot');
   const results: { variant: string; seconds: number[]; milestones: Record<string, number>[] }[] = [];
   for (const v of VARIANTS) {
     const seconds: number[] = [];

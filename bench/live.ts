@@ -30,10 +30,11 @@
  *   node dist/bench/live.js [--json]
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildAgentGeneration, REPO, runAsync, VM_CACHE, withBuildLock } from '../test/vm/generation.js';
+import { dropRunBulk, newRunDir } from '../test/vm/cache.js';
 import { BOOT_CHECK_PASSED, BOOT_MILESTONES, bootVm, timeMilestones, waitForShell, type Vm } from '../test/vm/qemu.js';
 import { rebuiltDeb, serviceDeb, SVC } from '../test/vm/debs.js';
 
@@ -57,8 +58,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: { json: { type: 'boolean', default: false } } });
   const gen = await buildAgentGeneration(log, `http://10.0.2.2:${PORT}/`);
   const keys = gen.keys;
-  const work = join(VM_CACHE, 'runs', `bench-live-${Date.now()}`);
-  mkdirSync(work, { recursive: true });
+  const work = newRunDir('bench-live');
   const repo = join(work, 'repo');
   const cmdline = 'boot=live components console=ttyS0,115200 panic=5';
   const publish = (g: string) => runAsync(liveup, ['publish', '--repo', repo, '--channel', 'stable', '--key', join(keys, 'vm.key.asc'), '--cmdline', cmdline, g]);
@@ -194,6 +194,7 @@ async function main(): Promise<void> {
     await vm?.stop();
     server?.kill('SIGTERM');
     try { execFileSync('ip', ['netns', 'del', ns]); } catch { /* not created */ }
+    dropRunBulk(work); // the console log, journals and analyses stay; the 3 GB disk and the channel go
   }
 }
 

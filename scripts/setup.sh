@@ -62,6 +62,8 @@ if [ ! -e "$stamp" ]; then
     [ -f node_modules/better-sqlite3/build/Release/better_sqlite3.node ] || { echo "setup: better-sqlite3 did not build" >&2; exit 1; }
     touch "$stamp"
     mkdir -p "$CACHE" && tar -cf "$CACHE/node_modules-$key.tar.tmp" node_modules && mv "$CACHE/node_modules-$key.tar.tmp" "$CACHE/node_modules-$key.tar"
+    # One tarball (~125 MB) per lock file; the older ones are not restored again.
+    find "$CACHE" -maxdepth 1 -name 'node_modules-*.tar' ! -name "node_modules-$key.tar" -delete
   fi
 fi
 

@@ -13,7 +13,7 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { tmp } from '../helpers/tmp.js';
@@ -34,8 +34,7 @@ describe.skipIf(skip)('live replay onto a running overlay (real dpkg)', () => {
 
   beforeAll(async () => {
     base = await baseTarball();
-    const dir = join(tmpdir(), `liveup-debs-${process.pid}`);
-    await mkdir(dir, { recursive: true });
+    const dir = await mkdtemp(join(tmpdir(), 'liveup-debs-'));
     const pkgs: Pkg[] = [
       { name: 'demo-a', version: '1.0', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 1.0\n'] },
       { name: 'demo-a', version: '2.0', file: ['usr/bin/demo-a', '#!/bin/sh\necho a 2.0\n'] },
@@ -47,6 +46,7 @@ describe.skipIf(skip)('live replay onto a running overlay (real dpkg)', () => {
     ];
     debs = {};
     for (const p of pkgs) debs[`${p.name}_${p.version}`] = await buildDeb(dir, p);
+    return () => rm(dir, { recursive: true, force: true });
   }, 300_000);
 
   /** Generation 1: minbase + demo-a 1.0 + demo-b, as a tree to derive from. */

@@ -16,7 +16,7 @@
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { tmp } from '../helpers/tmp.js';
@@ -43,8 +43,7 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
 
   beforeAll(async () => {
     base = await baseTarball();
-    const dir = join(tmpdir(), `liveup-rollback-debs-${process.pid}`);
-    await mkdir(dir, { recursive: true });
+    const dir = await mkdtemp(join(tmpdir(), 'liveup-rollback-debs-'));
     const pkgs: Pkg[] = [
       // Its postinst fails while /etc/demo-a.fail exists (a maintainer script failing mid-rollback), and
       // sleeps while /etc/demo-a.slow exists (to be killed in).
@@ -63,6 +62,7 @@ describe.skipIf(skip)('rollback --live on a running overlay (real dpkg, packages
     ];
     debs = {};
     for (const p of pkgs) debs[`${p.name}_${p.version}`] = await buildDeb(dir, p);
+    return () => rm(dir, { recursive: true, force: true });
   }, 300_000);
 
   /** Generations 1 and 2, published; the machine boots 1. */

@@ -9,10 +9,10 @@
  *    panic=5 reboots, the trial's tries are spent, GRUB boots the last good one.
  */
 import { describe, expect, onTestFinished, test } from 'vitest';
-import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { MARKER, prepareBootRun } from './generation.js';
 import { assembleDisk } from './disk.js';
+import { dropRunBulk } from './cache.js';
 import { bootVm } from './qemu.js';
 
 const RUN = process.env.LIVEUP_VM_TESTS === '1';
@@ -20,6 +20,7 @@ const RUN = process.env.LIVEUP_VM_TESTS === '1';
 describe.skipIf(!RUN)('VM: GRUB falls back to the last good generation', () => {
   test('a tampered squashfs on trial is refused in the initramfs; GRUB then boots the last good', async () => {
     const p = await prepareBootRun('fallback');
+    onTestFinished(() => dropRunBulk(p.work)); // pass or fail: the console logs stay, the disk image goes
     const image = join(p.work, 'disk.img');
     const g = { gendir: p.gendir, name: 'vmtest', kernelVersion: p.kernelVersion, cmdline: p.cmdline };
     await assembleDisk({
@@ -38,11 +39,11 @@ describe.skipIf(!RUN)('VM: GRUB falls back to the last good generation', () => {
     const m = await vm.waitFor(new RegExp(`${MARKER} booted=(\\S+)\\s*$`, 'm'), 240_000);
     expect(m[1]).toBe('1');
     await vm.stop();
-    rmSync(image, { force: true });
   }, 15 * 60_000);
 
   test('a generation whose boot ends in a kernel panic: panic=5 reboots, its tries are spent, GRUB boots the last good', async () => {
     const p = await prepareBootRun('fallback');
+    onTestFinished(() => dropRunBulk(p.work)); // pass or fail: the console logs stay, the disk image goes
     const image = join(p.work, 'disk.img');
     const g = { gendir: p.gendir, name: 'vmtest', kernelVersion: p.kernelVersion };
     await assembleDisk({
@@ -64,6 +65,5 @@ describe.skipIf(!RUN)('VM: GRUB falls back to the last good generation', () => {
     const m = await vm.waitFor(new RegExp(`${MARKER} booted=(\\S+)\\s*$`, 'm'), 300_000);
     expect(m[1]).toBe('1');
     await vm.stop();
-    rmSync(image, { force: true });
   }, 15 * 60_000);
 });

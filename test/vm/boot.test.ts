@@ -11,10 +11,10 @@
  * minutes of VM time lets two QEMU slots share the suite evenly.)
  */
 import { describe, expect, onTestFinished, test } from 'vitest';
-import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { MARKER, prepareBootRun } from './generation.js';
 import { assembleDisk } from './disk.js';
+import { dropRunBulk } from './cache.js';
 import { bootVm, waitForShell } from './qemu.js';
 
 const RUN = process.env.LIVEUP_VM_TESTS === '1';
@@ -22,6 +22,7 @@ const RUN = process.env.LIVEUP_VM_TESTS === '1';
 describe.skipIf(!RUN)('VM: boot a generation from GRUB', () => {
   test('GRUB refuses a tampered kernel on trial by its SHA-512; generation 1 boots verified, into RAM, and runs with its disk detached', async () => {
     const p = await prepareBootRun('boot');
+    onTestFinished(() => dropRunBulk(p.work)); // pass or fail: the console logs stay, the disk image goes
     const image = join(p.work, 'disk.img');
     const g = { gendir: p.gendir, name: 'vmtest', kernelVersion: p.kernelVersion };
     await assembleDisk({
@@ -56,7 +57,6 @@ describe.skipIf(!RUN)('VM: boot a generation from GRUB', () => {
     expect((await vm.sh('systemctl restart liveup-vm-marker && systemctl is-active systemd-journald')).out.trim().split('\n').pop()).toBe('active');
     expect((await vm.sh('cat /run/liveup/booted')).out.trim()).toBe('1');
     await vm.stop();
-    rmSync(image, { force: true }); // the console log stays beside it
   }, 20 * 60_000);
 
 });

@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { DPKG_ENV, serviceDeb } from './debs.js';
+import { BUILD_NEEDS, newRunDir, pruneGenerations, requireFreeSpace, touchGeneration, VM_CACHE } from './cache.js';
 import { spawn } from 'node:child_process';
 
 /**
@@ -57,7 +58,7 @@ export async function withBuildLock<T>(fn: () => Promise<T>): Promise<T> {
 /** The checkout: two levels up from test/vm, or three from dist/test/vm (bench/boot runs compiled). */
 const up = resolve(import.meta.dirname, '../..');
 export const REPO = existsSync(join(up, 'package.json')) ? up : resolve(up, '..');
-export const VM_CACHE = process.env.LIVEUP_VM_CACHE ?? '/var/cache/liveup/vm';
+export { VM_CACHE } from './cache.js';
 export const MARKER = 'LIVEUP-VM-MARKER';
 
 /** The repo's initramfs scripts as [relative path under initramfs-tools, content]. */
@@ -203,17 +204,25 @@ export async function buildTestGeneration(log: (s: string) => void = () => {}, a
   const hash = h.digest('hex').slice(0, 16);
   const dir = join(VM_CACHE, hash);
   const gendir = join(dir, 'gen');
-  if (existsSync(join(dir, 'done')) && existsSync(join(gendir, 'vmlinuz'))) return { gendir, hash, cached: true };
+  const cached = (): boolean => {
+    const hit = existsSync(join(dir, 'done')) && existsSync(join(gendir, 'vmlinuz'));
+    if (hit) touchGeneration(dir);
+    return hit;
+  };
+  if (cached()) return { gendir, hash, cached: true };
   return withBuildLock(async () => {
     // Built by another test file while this one waited for the lock.
-    if (existsSync(join(dir, 'done')) && existsSync(join(gendir, 'vmlinuz'))) return { gendir, hash, cached: true };
+    if (cached()) return { gendir, hash, cached: true };
     return buildUnlocked(log, agent, { profile, hook, hash, dir, gendir });
   });
 }
 
 async function buildUnlocked(log: (s: string) => void, agent: AgentSetup | undefined, o: { profile: Record<string, unknown>; hook: string; hash: string; dir: string; gendir: string }): Promise<BuiltGeneration> {
   const { profile, hook, hash, dir, gendir } = o;
+  const dropped = pruneGenerations(hash);
+  if (dropped.length) log(`dropped the cached generations of ${dropped.length} older key(s): ${dropped.join(', ')}`);
   rmSync(dir, { recursive: true, force: true });
+  requireFreeSpace(VM_CACHE, BUILD_NEEDS, `building the test generation ${hash}`);
   mkdirSync(join(dir, 'profile', 'hooks'), { recursive: true });
   writeFileSync(join(dir, 'profile', 'profile.json'), JSON.stringify(profile, null, 2) + '\n');
   writeFileSync(join(dir, 'profile', 'hooks', '50-liveup-vm.sh'), hook);
@@ -224,6 +233,7 @@ async function buildUnlocked(log: (s: string) => void, agent: AgentSetup | undef
   log(`building test generation ${hash} in ${gendir}`);
   await runAsync(join(REPO, 'bin', 'liveup'), ['build', '--profile', join(dir, 'profile', 'profile.json'), '--out', gendir, ...agentArgs], { timeoutMs: 20 * 60_000 });
   writeFileSync(join(dir, 'done'), new Date().toISOString() + '\n');
+  touchGeneration(dir);
   return { gendir, hash, cached: false };
 }
 
@@ -274,8 +284,7 @@ export interface BootRun {
 export async function prepareBootRun(tag: string, log: (s: string) => void = (s) => console.log(s)): Promise<BootRun> {
   const gen = await buildTestGeneration(log);
   const meta = JSON.parse(readFileSync(join(gen.gendir, 'generation.json'), 'utf8')) as { kernel: { version: string; cmdline: string } };
-  const work = join(VM_CACHE, 'runs', `${tag}-${Date.now()}`);
-  mkdirSync(work, { recursive: true });
+  const work = newRunDir(tag);
   const cmdline = `${meta.kernel.cmdline.replace(/\bquiet\b/, '')} console=ttyS0,115200 liveup.verify=1 panic=5`.replace(/\s+/g, ' ').trim();
   return { gendir: gen.gendir, kernelVersion: meta.kernel.version, cmdline, work };
 }

@@ -5,9 +5,9 @@
  * printed by the test generation's marker unit).
  */
 import { describe, expect, test, afterAll } from 'vitest';
-import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildTestGeneration, MARKER, REPO, runAsync, VM_CACHE } from './generation.js';
+import { buildTestGeneration, MARKER, REPO, runAsync } from './generation.js';
+import { dropRunBulk, newRunDir } from './cache.js';
 import { bootVm, type Vm } from './qemu.js';
 
 const RUN = process.env.LIVEUP_VM_TESTS === '1';
@@ -20,8 +20,7 @@ describe.skipIf(!RUN)('VM: liveup iso boots with BIOS and UEFI', () => {
   const prepare = async (): Promise<void> => {
     if (iso) return;
     const gen = await buildTestGeneration((s) => console.log(s));
-    work = join(VM_CACHE, 'runs', `iso-${Date.now()}`);
-    mkdirSync(work, { recursive: true });
+    work = newRunDir('iso');
     iso = join(work, 'gen.iso');
     // As a user runs it; --version 5 shows the number on the medium is the one booted.
     await runAsync(join(REPO, 'bin', 'liveup'), ['iso', '--gendir', gen.gendir, '--out', iso, '--serial', '--version', '5']);
@@ -40,5 +39,5 @@ describe.skipIf(!RUN)('VM: liveup iso boots with BIOS and UEFI', () => {
     }, 10 * 60_000);
   }
 
-  afterAll(() => { if (iso) rmSync(iso, { force: true }); });
+  afterAll(() => { if (work) dropRunBulk(work); }); // the console logs stay, the ISO goes
 });

@@ -13,11 +13,12 @@
  *     └─ 5 = 3 + libc6 rebuilt as a newer version (same kernel: soft-reboot)
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import { buildAgentGeneration, MARKER, REPO, runAsync, VM_CACHE, withBuildLock } from './generation.js';
 import { bootVm, waitForShell, type Vm } from './qemu.js';
+import { dropRunBulk, newRunDir } from './cache.js';
 import { rebuiltDeb, serviceDeb } from './debs.js';
 import { PACKAGE_LIST_FORMAT, isInstalled, parsePackageList } from '../../agent/src/adapters/dpkg.js';
 import { openFleetStore } from '../../fleet/src/store.js';
@@ -61,8 +62,7 @@ export async function setUpLiveRig(name: string, startOn: 1 | 3, log: (s: string
   const built = await buildAgentGeneration(log, `http://10.0.2.2:${PORT}/`);
   const { keys } = built;
   const base = join(VM_CACHE, built.hash);
-  const work = join(VM_CACHE, 'runs', `${name}-${Date.now()}`);
-  mkdirSync(work, { recursive: true });
+  const work = newRunDir(name);
   const repo = join(work, 'repo');
   const keyring = join(keys, 'vm.pub.asc');
   const publish = (g: string) => runAsync(liveup, ['publish', '--repo', repo, '--channel', 'stable', '--key', join(keys, 'vm.key.asc'), '--cmdline', CMDLINE, g]);
@@ -107,7 +107,7 @@ export async function setUpLiveRig(name: string, startOn: 1 | 3, log: (s: string
         await vm?.stop();
         for (const c of children) c.kill('SIGTERM');
         try { execFileSync('ip', ['netns', 'del', ns]); } catch { /* gone */ }
-        rmSync(image, { force: true }); // the console log stays beside it
+        dropRunBulk(work); // the console log and the fleet's database stay; the disk and the channel go
       },
     };
   } catch (e) {

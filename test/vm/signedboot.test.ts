@@ -17,9 +17,10 @@
  */
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildTestGeneration, MARKER, VM_CACHE } from './generation.js';
+import { buildTestGeneration, MARKER } from './generation.js';
+import { dropRunBulk, newRunDir } from './cache.js';
 import { bootVm } from './qemu.js';
 import { generateKey } from '../../publisher/src/key.js';
 import { publish } from '../../publisher/src/publish.js';
@@ -83,8 +84,8 @@ async function signedDisk(work: string, uefi: boolean): Promise<string> {
 describe.skipIf(!RUN)('VM: signed boot (GRUB with the boot key, check_signatures=enforce)', () => {
   for (const uefi of [false, true]) {
     test(`${uefi ? 'UEFI' : 'BIOS'}: GRUB refuses the trial's tampered kernel by its signature; generation 1 boots, squashfs checked against the signed digest`, async () => {
-      const work = join(VM_CACHE, 'runs', `signed-${uefi ? 'uefi' : 'bios'}-${Date.now()}`);
-      mkdirSync(work, { recursive: true });
+      const work = newRunDir(`signed-${uefi ? 'uefi' : 'bios'}`);
+      onTestFinished(() => dropRunBulk(work)); // pass or fail: the console log stays, the disk and channel go
       const image = await signedDisk(work, uefi);
       // allowGrubError: GRUB prints the refused signature as an error, pauses 10 s, then runs the fallback.
       const vm = bootVm({ image, uefi, consoleLog: join(work, 'console-signed.log'), allowGrubError: true });
@@ -104,7 +105,6 @@ describe.skipIf(!RUN)('VM: signed boot (GRUB with the boot key, check_signatures
       // GRUB spent the trial's try with save_env under enforce (grubenv is the one file it writes).
       const env = await withBootPartition(image, work, (mnt) => execFileSync('grub-editenv', [join(mnt, 'grub', 'grubenv'), 'list'], { encoding: 'utf8' }));
       expect(env).toMatch(/^liveup_tries_left=0$/m);
-      rmSync(image, { force: true }); // the console log stays beside it
     }, 25 * 60_000);
   }
 });
