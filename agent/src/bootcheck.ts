@@ -1,7 +1,9 @@
 /**
  * liveup-boot-check: decides whether the running generation is healthy.
  *
- * Run once per boot by liveup-boot-check.service (before boot-complete.target).
+ * Run once per boot by liveup-boot-check.service (before boot-complete.target):
+ * in the agent's process when it answers (BootCheck on org.liveup.Agent1, see
+ * bin/liveup-boot-check-via-agent and daemon.ts), else as this program.
  * Checks, each with a timeout:
  * - units listed in the config (`requiredUnits`, `wantedUnits`) must be active
  *   (`systemctl is-active`);
@@ -53,6 +55,8 @@ export interface BootCheckOptions {
   readonly editenv?: string;
   /** Render grub.cfg after the verdict (default true when `<bootDir>/grub` exists). */
   readonly renderMenu?: boolean;
+  /** The journal already open in this process (the agent's); default: opened on `<stateDir>/journal.db` and closed after. */
+  readonly journal?: Journal;
   readonly log?: (line: string) => void;
 }
 
@@ -177,7 +181,7 @@ export async function bootCheck(opts: BootCheckOptions): Promise<BootCheckResult
     return { version, verdict: 'unknown-generation', checks, rebooting: false };
   }
 
-  const journal = Journal.open(join(opts.stateDir, 'journal.db'));
+  const journal = opts.journal ?? Journal.open(join(opts.stateDir, 'journal.db'));
   let rebooting = false;
   try {
     const details = { checks: checks.map((c) => ({ name: c.name, kind: c.kind, required: c.required, ok: c.ok, timedOut: c.timedOut, message: c.message, ms: c.ms })) };
@@ -218,7 +222,7 @@ export async function bootCheck(opts: BootCheckOptions): Promise<BootCheckResult
       rebooting = true;
     }
   } finally {
-    journal.close();
+    if (!opts.journal) journal.close();
   }
   if (rebooting) await run(systemctl, ['reboot'], { timeoutMs: 30_000 });
   return { version, verdict: healthy ? 'good' : 'failed', checks, rebooting };

@@ -6,7 +6,7 @@
  * offline bundle and an `agentctl update` never run at the same time.
  */
 import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Agent } from './agent.js';
 import { readBootedVersion } from './adapters/booted.js';
 import { FleetReporter } from './adapters/fleet.js';
@@ -20,6 +20,7 @@ import { startService, type AgentService } from './dbus/service.js';
 import { TxLock } from './core/txlock.js';
 import { EXIT, optString, runCli, type Command } from './cli/framework.js';
 import { createLogger, type Logger } from './util/log.js';
+import { bootCheck, loadBootCheckConfig, type BootCheckResult } from './bootcheck.js';
 
 export interface RunningDaemon {
   readonly agent: Agent;
@@ -110,11 +111,34 @@ export async function startDaemon(opts: {
     }
   };
 
+  /**
+   * liveup-boot-check.service's check, in this process: the unit runs after
+   * multi-user.target, so this daemon is up, and a second Node.js start is
+   * what the standalone liveup-boot-check cost every boot (~6 s of a boot
+   * under QEMU TCG, bench/live). Its checks.d/ and boot-check.json sit beside
+   * the main configuration file (/etc/liveup/), where the standalone looks.
+   */
+  const runBootCheck = async (): Promise<BootCheckResult> => {
+    const etc = dirname(opts.mainFile);
+    const c = agent.config;
+    const r = await bootCheck({
+      stateDir: c.stateDir, bootDir: c.bootDir, runDir: opts.runDir, checksDir: join(etc, 'checks.d'),
+      config: await loadBootCheckConfig(join(etc, 'boot-check.json')),
+      // Only a machine reboots into its last good generation (as the switches: liveRoot = /).
+      reboot: c.liveRoot === '/',
+      journal, editenv: c.grubEditenv,
+      log: (line) => log.info({ bootCheck: line }, 'boot check'),
+    });
+    log.info({ version: r.version, verdict: r.verdict, rebooting: r.rebooting }, 'boot check done');
+    return r;
+  };
+
   const service: AgentService = await startService({
     bus: opts.bus ?? config.dbus,
     api: agent,
     lock,
     log: (line) => log.info({ dbus: line }, 'dbus'),
+    bootCheck: runBootCheck,
   });
   log.info({ bus: opts.bus ?? config.dbus }, 'serving org.liveup.Agent1');
 

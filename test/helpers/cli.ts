@@ -13,7 +13,7 @@ export interface CliResult {
   stderr: string;
 }
 
-export function bin(name: 'liveup' | 'agentctl' | 'liveup-agentd'): string {
+export function bin(name: 'liveup' | 'agentctl' | 'liveup-agentd' | 'liveup-boot-check-via-agent'): string {
   const p = join(ROOT, 'bin', name);
   if (!existsSync(join(ROOT, 'dist'))) throw new Error('dist/ is missing: run `npm run build` (the README test command does)');
   return p;

@@ -53,7 +53,11 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>
 }
 
 /** A machine running generation 1, with generation 2 published in the channel. */
-async function machine(opts: { kernelBytes?: number; bootTmpfsBytes?: number; stateTmpfsBytes?: number; mirror?: (s: RunningServer) => string } = {}): Promise<Machine> {
+async function machine(opts: {
+  kernelBytes?: number; bootTmpfsBytes?: number; stateTmpfsBytes?: number; mirror?: (s: RunningServer) => string;
+  /** More settings for agent.json. */
+  config?: Record<string, unknown>;
+} = {}): Promise<Machine> {
   const dir = await tmp();
   const key = await makeKey(join(dir, 'keys'));
   const repo = join(dir, 'repo');
@@ -95,6 +99,7 @@ async function machine(opts: { kernelBytes?: number; bootTmpfsBytes?: number; st
     stateDir: state,
     dbus: bus.address,
     fetch: { deadlineSeconds: 120, minBytesPerSecond: 0, retries: 1, backoffSeconds: 1 },
+    ...opts.config,
   }, null, 2));
   let daemon!: ChildProcess;
   let log = '';
@@ -362,6 +367,50 @@ describe('liveup-agentd and agentctl', () => {
     expect(m.log()).toMatch(/50-typo\.json.*chanel/);
     const check = await m.json<{ channel: string; updateAvailable: boolean }>(['check']);
     expect(check).toMatchObject({ channel: 'stable', updateAvailable: true });
+  });
+
+  it("liveup-boot-check.service's program: the agent checks the booted trial in its own process; a required failure fails it; without an agent the check runs alone", async () => {
+    // liveRoot off /: this host is not the machine, so a failed check must not reboot it.
+    const m = await machine({ config: { liveRoot: join(await tmp(), 'root') } });
+    await m.json(['update']);
+    expect(grubenv(m.boot).liveup_try_version).toBe('2');
+    await m.stopDaemon();
+    await writeFile(join(m.runDir, 'booted'), '2\n'); // generation 2 booted on trial
+    await m.startDaemon();
+    // checks.d/ beside agent.json, as /etc/liveup/checks.d beside /etc/liveup/agent.json.
+    const checks = join(m.dir, 'checks.d');
+    await mkdir(checks);
+    await writeFile(join(checks, '10-ok'), '#!/bin/sh\necho fine\n', { mode: 0o755 });
+    const unit = (args: string[] = []) => collect(spawn(bin('liveup-boot-check-via-agent'), args, {
+      stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DBUS_SYSTEM_BUS_ADDRESS: m.bus.address },
+    }));
+
+    const good = await unit();
+    expect(good.code, good.stdout + good.stderr).toBe(0);
+    expect(good.stdout).toMatch(/^liveup-boot-check: good \(checked by liveup-agentd/);
+    expect(good.stderr).toBe(''); // no fallback
+    expect(grubenv(m.boot).liveup_try_version).toBeUndefined(); // the trial won
+    expect(m.log()).toMatch(/"bootCheck":"ok   required exec [^"]*10-ok"/);
+    const gens = await m.json<{ version: number; state: string }[]>(['list']);
+    expect(gens.find((g) => g.version === 2)?.state).toBe('good');
+    const history = await m.json<{ kind: string; status: string; message: string }[]>(['history']);
+    expect(history[0]).toMatchObject({ kind: 'boot', status: 'succeeded', message: 'generation 2 passed 1 checks' });
+
+    await writeFile(join(checks, '20-broken'), '#!/bin/sh\necho "disk full" >&2\nexit 1\n', { mode: 0o755 });
+    const bad = await unit();
+    expect(bad.code, bad.stdout + bad.stderr).toBe(1);
+    expect(bad.stdout).toMatch(/^liveup-boot-check: failed/);
+    expect((await m.json<{ version: number; state: string }[]>(['list'])).find((g) => g.version === 2)?.state).toBe('failed');
+    expect(m.log()).toMatch(/"bootCheck":"FAIL required exec [^"]*20-broken: disk full"/);
+    expect(m.log()).toMatch(/"verdict":"failed","rebooting":false/);
+
+    // No agent on the bus: the same check runs in a process of its own, with the unit's arguments.
+    await m.stopDaemon();
+    const alone = await unit(['--state-dir', m.state, '--boot-dir', m.boot, '--run-dir', m.runDir, '--checks-dir', join(m.dir, 'none'), '--no-reboot']);
+    expect(alone.stderr).toMatch(/the agent did not run the check \(.+\); running it here/);
+    expect(alone.code, alone.stdout + alone.stderr).toBe(0);
+    expect(alone.stdout).toBe('generation 2: good\n');
+    expect(integrity(m.state)).toBe('ok');
   });
 
   it('rollback sets the next boot and is journalled', async () => {

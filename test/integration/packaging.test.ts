@@ -114,6 +114,7 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
     has('usr/lib/liveup/app/liveup-agentd.js');
     has('usr/lib/liveup/app/agentctl.js');
     has('usr/lib/liveup/app/liveup-boot-check.js');
+    has('usr/lib/liveup/bin/liveup-boot-check-via-agent');
     expect(paths.some((p) => /^\.\/usr\/lib\/liveup\/app\/chunks\/openpgp-[\w-]+\.js$/.test(p))).toBe(true);
     // The native addon stays a package; an inlined one keeps only its licence.
     has('usr/lib/liveup/node_modules/better-sqlite3/build/Release/better_sqlite3.node');
@@ -238,6 +239,14 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
           const v = await inChroot(root, `systemd-analyze verify --man=no /usr/lib/systemd/system/${u}`, { allowFail: true });
           expect(v.code, v.stdout + v.stderr).toBe(0);
         }
+        // The boot check unit's program: no agent answers in a chroot, so the check runs itself
+        // (nothing was booted by liveup here: it says so and passes).
+        const unitProgram = (await inChroot(root, "sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/liveup-boot-check.service")).stdout.trim();
+        expect(unitProgram).toBe('/usr/lib/liveup/bin/liveup-boot-check-via-agent');
+        const alone = await inChroot(root, `DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent ${unitProgram}`, { allowFail: true });
+        expect(alone.code, alone.stdout + alone.stderr).toBe(0);
+        expect(alone.stderr).toMatch(/the agent did not run the check \(.+\); running it here/);
+        expect(alone.stdout).toMatch(/not a liveup generation/);
 
         // remove keeps config and state; purge removes both and the enablement.
         await inChroot(root, 'echo journal > /var/lib/liveup/journal.db && dpkg -r liveup-agent');

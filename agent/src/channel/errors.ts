@@ -41,6 +41,8 @@ export const ERROR_CODES = [
   'DAEMON_UNAVAILABLE',
   'UNKNOWN_GENERATION',
   'INVALID_ARGUMENT',
+  /** The daemon does not offer this (an older agent, or one started without it): the caller does it itself. */
+  'NOT_SUPPORTED',
   'ALREADY_EXISTS',
   'COMMAND_FAILED',
   /** grubenv is not a 1024-byte GRUB environment block; recreate it (`create`). */

@@ -13,6 +13,7 @@ import {
 } from './api.js';
 import { groupAuthorizer, type Authorizer } from './authz.js';
 import { openBus, type BusSpec, type MessageBus } from './bus.js';
+import type { BootCheckResult } from '../bootcheck.js';
 
 export interface ServiceOptions {
   bus: BusSpec;
@@ -23,6 +24,12 @@ export interface ServiceOptions {
   authorize?: Authorizer;
   /** Diagnostics: refused calls and unexpected errors (with stack). */
   log?: (line: string) => void;
+  /**
+   * This boot's health check, run in the daemon's process (BootCheck). Absent,
+   * BootCheck answers NotSupported and liveup-boot-check.service runs the
+   * check in a process of its own.
+   */
+  bootCheck?: () => Promise<BootCheckResult>;
 }
 
 export interface AgentService {
@@ -33,7 +40,7 @@ export interface AgentService {
 }
 
 /** Methods that change the machine (Check too: it touches the network and the journal). */
-export const MUTATING_METHODS = ['Check', 'Update', 'Rollback', 'Pin', 'Unpin', 'Gc', 'Report'] as const;
+export const MUTATING_METHODS = ['Check', 'Update', 'Rollback', 'Pin', 'Unpin', 'Gc', 'Report', 'BootCheck'] as const;
 export type MutatingMethod = (typeof MUTATING_METHODS)[number];
 
 /** A LiveupError → its D-Bus error; anything else → Internal (its stack stays in our log). */
@@ -81,6 +88,7 @@ class Core {
     readonly lock: TxLock,
     readonly authorize: Authorizer,
     readonly log: (line: string) => void,
+    readonly bootCheck: (() => Promise<BootCheckResult>) | undefined,
   ) {}
 
   async uidOf(sender: string): Promise<number> {
@@ -209,6 +217,16 @@ class Agent1 extends dbus.interface.Interface {
     return this.#core.mutate('Report', this.#caller(), async () => JSON.stringify(await this.#core.api.report()));
   }
 
+  /** The verdict typed (the unit's shell program reads it), the whole result as JSON. */
+  BootCheck(): Promise<[string, string]> {
+    return this.#core.mutate('BootCheck', this.#caller(), async () => {
+      const run = this.#core.bootCheck;
+      if (!run) throw new LiveupError('NOT_SUPPORTED', 'this agent does not run boot checks');
+      const r = await run();
+      return [r.verdict, JSON.stringify(r)];
+    });
+  }
+
   // Signals: the return value is the signal body (dbus-next's convention).
   Progress(step: string, done: bigint, total: bigint): [string, bigint, bigint] {
     return [step, done, total];
@@ -250,6 +268,7 @@ Agent1.configureMembers({
     History: { inSignature: 'u', outSignature: 's' },
     Gc: { outSignature: 's' },
     Report: { outSignature: 's' },
+    BootCheck: { outSignature: 'ss' },
   },
   signals: {
     Progress: { signature: 'stt' },
@@ -274,7 +293,7 @@ function propertyValues(p: AgentProperties): Record<string, string | bigint> {
 export async function startService(opts: ServiceOptions): Promise<AgentService> {
   const bus = await openBus(opts.bus);
   const log = opts.log ?? (() => {});
-  const core = new Core(bus, opts.api, opts.lock ?? new TxLock(), opts.authorize ?? groupAuthorizer('liveup'), log);
+  const core = new Core(bus, opts.api, opts.lock ?? new TxLock(), opts.authorize ?? groupAuthorizer('liveup'), log, opts.bootCheck);
   const iface = new Agent1(core);
 
   const noteCaller = (msg: dbus.Message): boolean => {
