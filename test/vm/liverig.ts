@@ -149,6 +149,8 @@ export function guest(vm: Vm, rig: LiveRig) {
     bootCheckPassed: async () => {
       for (let i = 0; i < 60 && (await vm.sh('systemctl is-active liveup-boot-check')).out.trim() === 'activating'; i++) await new Promise((r) => setTimeout(r, 2000));
       expect((await vm.sh('systemctl is-active liveup-boot-check')).out.trim()).toBe('active');
+      // Run in the agent's process (BootCheck over D-Bus), not by a second Node.js.
+      expect((await vm.sh('journalctl -b -u liveup-boot-check -o cat --no-pager | tail -n 3')).out).toMatch(/liveup-boot-check: good \(checked by liveup-agentd/);
     },
     /** Enrolled with the fleet as an administrator would; the daemon picks the drop-in up by itself. */
     enroll: async () => {
