@@ -21,10 +21,13 @@
  * static menu instead, and the medium no grub.cfg: see disksigned.ts.
  *
  * Everything is written into a temporary file next to the output and renamed
- * at the end: a failure leaves no half image. Needs root (loop devices).
+ * at the end: a failure leaves no half image. No loop device and no mount:
+ * the boot partition's files are laid out in a directory and written by
+ * `mkfs.ext4 -d` at the partition's offset in the image, the ESP's with
+ * mtools (see writeExt4). So it needs no root.
  */
 import { closeSync, existsSync, openSync, readFileSync, writeSync, ftruncateSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { copyFile, link, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { LiveupError } from '../../agent/src/channel/errors.js';
 import type * as openpgp from 'openpgp';
@@ -36,7 +39,6 @@ import { parseManifest } from '../../agent/src/channel/schema.js';
 import { loadKeyring, verifyDetached } from '../../agent/src/channel/signature.js';
 import { verifyArtifactFile } from '../../agent/src/channel/verify.js';
 import { run } from './exec.js';
-import { attachPartitioned, type AttachedImage } from './loopdev.js';
 import { BOOT_MEDIUM_FILES, GENDIR_FILES } from './generation.js';
 import { onPath } from '../../agent/src/util/path.js';
 
@@ -157,33 +159,23 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
   for (const need of ['i386-pc', ...(uefi ? ['x86_64-efi'] : [])]) {
     if (!existsSync(join(GRUB_LIB, need))) throw new LiveupError('BUILD_FAILED', `${join(GRUB_LIB, need)} is missing: apt-get install ${need === 'i386-pc' ? 'grub-pc-bin' : 'grub-efi-amd64-bin'}`);
   }
-  for (const [tool, pkg] of [['grub-mkimage', 'grub-common'], ['mkfs.ext4', 'e2fsprogs'], ['partx', 'util-linux'], ...(uefi ? [['mkfs.vfat', 'dosfstools'], ['mcopy', 'mtools']] : [])] as const) {
+  for (const [tool, pkg] of [['grub-mkimage', 'grub-common'], ['mkfs.ext4', 'e2fsprogs'], ...(uefi ? [['mkfs.vfat', 'dosfstools'], ['mcopy', 'mtools']] : [])] as const) {
     if (!(await onPath(tool))) throw new LiveupError('BUILD_FAILED', `${tool} is needed to write a disk image: apt-get install ${pkg}`, { tool });
   }
   const parts = planPartitions(o.layout);
   const tmp = join(dirname(o.out), `.${basename(o.out)}.tmp-${process.pid}`);
   const work = await mkdtemp(join(dirname(o.out), `.${basename(o.out)}.work-`));
-  let loop: AttachedImage | null = null;
-  let mounted: string | null = null;
   try {
     writeBlankImage(tmp, o.layout.sizeMiB, parts);
-    loop = await attachPartitioned(tmp);
-    const dev = loop.dev;
-    log('formatting: boot, data' + (uefi ? ', EFI system partition' : ''));
-    await run('mkfs.ext4', ['-q', '-F', '-L', BOOT_LABEL, dev(1)]);
-    await run('mkfs.ext4', ['-q', '-F', '-L', DATA_LABEL, dev(2)]);
-    if (uefi) await run('mkfs.vfat', ['-F', '32', '-n', 'LIVEUP-ESP', dev(3)]);
-
+    // The boot partition's tree, laid out here and written by mkfs.ext4 -d below.
     const boot = join(work, 'boot');
     await mkdir(boot);
-    await run('mount', [dev(1), boot]);
-    mounted = boot;
     for (const g of o.generations) {
       const d = join(boot, 'live', String(g.version));
       await mkdir(d, { recursive: true });
       log(`copying generation ${g.version}`);
       for (const f of [...BOOT_MEDIUM_FILES, ...(signed ? SIGNED_BOOT_MEDIUM_FILES : [])]) {
-        if (existsSync(join(g.dir, f))) await copyFile(join(g.dir, f), join(d, f));
+        if (existsSync(join(g.dir, f))) await linkOrCopy(join(g.dir, f), join(d, f));
         else if (f !== GENDIR_FILES.packages) throw new LiveupError('NOT_FOUND', `${join(g.dir, f)} is missing: is ${g.dir} a published generation?`, { file: join(g.dir, f) });
       }
       // As the agent stages it: the signed hashes for GRUB's hashsum (and sha512sum -c).
@@ -199,26 +191,55 @@ export async function makeDisk(o: MakeDiskOptions): Promise<void> {
       // The menu is in the GRUB image; the medium holds only the agent's choices.
       await writeSignedBootEnv(join(boot, 'grub'), o.defaultVersion);
     } else await writePlainMenu(boot, o, uefi, timeoutSeconds);
+
+    log('formatting: boot, data' + (uefi ? ', EFI system partition' : ''));
+    await writeExt4(tmp, parts[0]!, BOOT_LABEL, boot);
+    await writeExt4(tmp, parts[1]!, DATA_LABEL, null);
     if (uefi) {
-      // Written with mtools, not mounted: the kernel writing the image may lack vfat.
+      // At the ESP's offset in the image, as the ext4 ones (mkfs.fat counts 1 KiB blocks; mtools
+      // takes IMAGE@@BYTES, and skips its disk geometry check on a file). -s 1: mkfs.fat sizes
+      // clusters by the whole file, and 4 KiB ones leave a 64 MiB FAT32 too few for mtools.
+      const esp = parts[2]!;
+      await run('mkfs.vfat', ['-F', '32', '-s', '1', '-n', 'LIVEUP-ESP', '--offset', String(esp.startLba), tmp, String((esp.sectors * SECTOR) / 1024)]);
       const efi = join(work, 'BOOTX64.EFI');
       await grubImage('x86_64-efi', efi, work, [...new Set(['part_gpt', 'fat', ...(signedInputs ? [...SIGNED_GRUB_MODULES, ...SIGNED_GRUB_MODULES_EFI] : [])])], signedInputs);
-      await run('mmd', ['-i', dev(3), '::/EFI', '::/EFI/BOOT']);
-      await run('mcopy', ['-i', dev(3), efi, '::/EFI/BOOT/BOOTX64.EFI']);
+      const at = `${tmp}@@${esp.startLba * SECTOR}`;
+      const env = { MTOOLS_SKIP_CHECK: '1' };
+      await run('mmd', ['-i', at, '::/EFI', '::/EFI/BOOT'], { env });
+      await run('mcopy', ['-i', at, efi, '::/EFI/BOOT/BOOTX64.EFI'], { env });
     }
-    await run('umount', [boot]);
-    mounted = null;
-    await loop.detach();
-    loop = null;
 
     await installGrubBios(tmp, work, signedInputs);
     await rename(tmp, o.out);
     log(`wrote ${o.out}: boot ${Math.round((parts[0]!.sectors * SECTOR) / MiB)} MiB, data ${o.layout.dataMiB} MiB${uefi ? `, ESP ${o.layout.espMiB} MiB` : ''}; BIOS${uefi ? ' and UEFI' : ''}${signed ? '; signed boot (check_signatures=enforce)' : ''}`);
   } finally {
-    if (mounted) await run('umount', [mounted]).catch(() => undefined);
-    if (loop) await loop.detach().catch(() => undefined);
     await rm(tmp, { force: true });
     await rm(work, { recursive: true, force: true });
+  }
+}
+
+/**
+ * An ext4 file system with `label` in partition `p` of `image`, holding
+ * `dir`'s tree (`mkfs.ext4 -d`; empty without), written at the partition's
+ * offset: no loop device, no mount. Why: on a host whose / is a private
+ * mount, a mount of ours is copied into every mount namespace created while
+ * it exists (`ip netns exec`, a unit with PrivateTmp), where it keeps the
+ * partition busy after our umount; the partition node partx added then
+ * outlives `losetup -d` (stale loopNp1 devices, seen in CI), and a live copy
+ * of the file system stays mounted on an image a VM then writes. Without a
+ * mount none of that exists. nodiscard: mke2fs would otherwise punch holes
+ * in the image file (what discard is on a file) before writing.
+ */
+export async function writeExt4(image: string, p: Partition, label: string, dir: string | null): Promise<void> {
+  await run('mkfs.ext4', ['-q', '-F', '-L', label, '-E', `offset=${p.startLba * SECTOR},nodiscard`, ...(dir ? ['-d', dir] : []), image, `${(p.sectors * SECTOR) / 1024}k`]);
+}
+
+/** `from` as `to`: a hard link when both are on one file system (mkfs.ext4 -d reads it once), else a copy. */
+async function linkOrCopy(from: string, to: string): Promise<void> {
+  try {
+    await link(from, to);
+  } catch {
+    await copyFile(from, to);
   }
 }
 

@@ -16,7 +16,7 @@ import { runCli } from '../helpers/cli.js';
 import { publish } from '../../publisher/src/publish.js';
 import { mbrSector, planPartitions } from '../../publisher/src/disk.js';
 import { generateKey } from '../../publisher/src/key.js';
-import { attachPartitioned } from '../../publisher/src/loopdev.js';
+import { attachPartitioned } from '../helpers/loopdev.js';
 import { grubPublicKeyBytes, loadBootPublicKey } from '../../publisher/src/bootsign.js';
 import { loadPrivateKey } from '../../agent/src/channel/signature.js';
 import { renderEarlyConfig, renderStaticMenu } from '../../agent/src/core/signedboot.js';

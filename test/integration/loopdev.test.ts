@@ -9,7 +9,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { tmp } from '../helpers/tmp.js';
 import { mbrSector, planPartitions, writeBlankImage } from '../../publisher/src/disk.js';
-import { attachPartitioned, parseMbr } from '../../publisher/src/loopdev.js';
+import { attachPartitioned, parseMbr } from '../helpers/loopdev.js';
 
 const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 

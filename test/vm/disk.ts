@@ -7,19 +7,19 @@
  * machine's own disk (with its data partition) is `liveup disk`'s.
  *
  * The MBR is written here (one primary Linux partition from 1 MiB) so no
- * partitioning tool is needed; the partition is reached through a loop device
- * (publisher/src/loopdev.ts, which also clears stale partition nodes).
- * Needs root, grub-mkimage/grub-editenv (grub-common) and grub-pc-bin, mkfs.ext4.
+ * partitioning tool is needed; the partition's file system is written by
+ * mkfs.ext4 -d at its offset (publisher/src/disk.ts, writeExt4): no loop
+ * device, no mount. Needs grub-mkimage/grub-editenv (grub-common),
+ * grub-pc-bin and mkfs.ext4 (e2fsprogs >= 1.43).
  */
-import { copyFileSync, mkdirSync, mkdtempSync, openSync, writeSync, closeSync, writeFileSync, existsSync, rmSync, readdirSync, readFileSync, appendFileSync, rmdirSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, openSync, writeSync, closeSync, writeFileSync, existsSync, rmSync, readdirSync, readFileSync, appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { renderBootMenu, type BootMenuGeneration, type BootVerify } from '../../agent/src/core/bootmenu.js';
 import { parseManifest, type Manifest } from '../../agent/src/channel/schema.js';
 import { sha512sums } from '../../agent/src/adapters/stage.js';
-import { installGrubBios, writeBlankImage } from '../../publisher/src/disk.js';
-import { attachPartitioned } from '../../publisher/src/loopdev.js';
+import { installGrubBios, writeBlankImage, writeExt4, type Partition } from '../../publisher/src/disk.js';
 
 export interface DiskGeneration {
   readonly version: number;
@@ -47,8 +47,11 @@ export interface DiskOptions {
   readonly log?: (s: string) => void;
 }
 
-function writeMbr(image: string, sizeMiB: number): void {
-  writeBlankImage(image, sizeMiB, [{ number: 1, startLba: 2048, sectors: (sizeMiB * 1024 * 1024) / 512 - 2048, type: 0x83, bootable: true }]);
+/** One boot partition from 1 MiB to the end. */
+function writeMbr(image: string, sizeMiB: number): Partition {
+  const boot: Partition = { number: 1, startLba: 2048, sectors: (sizeMiB * 1024 * 1024) / 512 - 2048, type: 0x83, bootable: true };
+  writeBlankImage(image, sizeMiB, [boot]);
+  return boot;
 }
 
 function sh(cmd: string, args: string[], log: (s: string) => void): string {
@@ -58,17 +61,13 @@ function sh(cmd: string, args: string[], log: (s: string) => void): string {
 
 export async function assembleDisk(o: DiskOptions): Promise<void> {
   const log = o.log ?? (() => {});
-  writeMbr(o.image, o.sizeMiB);
-  const img = await attachPartitioned(o.image);
-  log(`${o.image} on ${img.loop}`);
-  const mnt = `${o.image}.mnt`;
-  let mounted = false;
+  const part = writeMbr(o.image, o.sizeMiB);
+  // The partition's tree, written by mkfs.ext4 -d as `liveup disk` does (no loop device, no mount).
+  // Copies, not links: tampering must not reach the cached generation.
+  const mnt = `${o.image}.boot`;
+  rmSync(mnt, { recursive: true, force: true });
   try {
-    const part = img.dev(1);
-    sh('mkfs.ext4', ['-q', '-F', '-L', 'LIVEUP-BOOT', part], log);
     mkdirSync(mnt, { recursive: true });
-    sh('mount', [part, mnt], log);
-    mounted = true;
     for (const g of o.generations) {
       const d = join(mnt, 'live', String(g.version));
       mkdirSync(d, { recursive: true });
@@ -117,10 +116,10 @@ export async function assembleDisk(o: DiskOptions): Promise<void> {
     mkdirSync(join(mnt, 'grub', 'i386-pc'), { recursive: true });
     const GRUB_PC = '/usr/lib/grub/i386-pc';
     for (const f of readdirSync(GRUB_PC)) if (/\.(mod|lst)$/.test(f)) copyFileSync(join(GRUB_PC, f), join(mnt, 'grub', 'i386-pc', f));
+    log(`$ mkfs.ext4 -d ${mnt} (${o.image} partition 1)`);
+    await writeExt4(o.image, part, 'LIVEUP-BOOT', mnt);
   } finally {
-    if (mounted) execFileSync('umount', [mnt]);
-    if (existsSync(mnt)) rmdirSync(mnt);
-    await img.detach();
+    rmSync(mnt, { recursive: true, force: true });
   }
   const work = mkdtempSync(`${o.image}.grub-`);
   // The same GRUB core as `liveup disk` writes (it finds the boot partition by its marker file).

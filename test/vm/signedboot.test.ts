@@ -25,7 +25,7 @@ import { bootVm } from './qemu.js';
 import { generateKey } from '../../publisher/src/key.js';
 import { publish } from '../../publisher/src/publish.js';
 import { makeDisk } from '../../publisher/src/disk.js';
-import { attachPartitioned } from '../../publisher/src/loopdev.js';
+import { attachPartitioned } from '../helpers/loopdev.js';
 import { loadBootKey, loadBootPublicKey } from '../../publisher/src/bootsign.js';
 import { loadPrivateKey } from '../../agent/src/channel/signature.js';
 

@@ -9,11 +9,15 @@
  * would format the old extents. So every attach first deletes what is there,
  * adds the image's table, and checks each partition's start and size in sysfs
  * against the MBR the image holds, asking again until they match.
+ *
+ * Tests only, to look inside images: `liveup disk` and the VM harness write
+ * partitions with mkfs.ext4 -d at their offsets (publisher/src/disk.ts,
+ * writeExt4), with no loop device and no mount.
  */
 import { existsSync, openSync, readSync, closeSync, readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { LiveupError } from '../../agent/src/channel/errors.js';
-import { run } from './exec.js';
+import { run } from '../../publisher/src/exec.js';
 
 export interface MbrEntry {
   readonly number: number;
