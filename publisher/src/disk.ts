@@ -24,7 +24,7 @@
  * at the end: a failure leaves no half image. No loop device and no mount:
  * the boot partition's files are laid out in a directory and written by
  * `mkfs.ext4 -d` at the partition's offset in the image, the ESP's with
- * mtools (see writeExt4). So it needs no root.
+ * mtools (see writeExt4).
  */
 import { closeSync, existsSync, openSync, readFileSync, writeSync, ftruncateSync } from 'node:fs';
 import { copyFile, link, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
