@@ -11,17 +11,9 @@ import { CHANNELS_DIR, GENERATIONS_DIR, INDEX_FILE, SIG_SUFFIX } from '../../age
 import { parseIndex, type ChannelIndex } from '../../agent/src/channel/schema.js';
 import { verifyDetached, type PinnedKeyring } from '../../agent/src/channel/signature.js';
 import { ensureDir } from '../../agent/src/util/fsatomic.js';
+import { pidAlive } from '../../agent/src/util/pid.js';
 
 const LOCK = '.liveup-publish.lock';
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** One publish at a time per repository; a lock left by a dead process is taken over. */
 export async function withRepoLock<T>(repo: string, fn: () => Promise<T>): Promise<T> {
@@ -41,7 +33,7 @@ export async function withRepoLock<T>(repo: string, fn: () => Promise<T>): Promi
         throw e;
       }
       const pid = Number((await readFile(path, 'utf8').catch(() => '')).trim());
-      if (Number.isInteger(pid) && pid > 0 && alive(pid)) {
+      if (Number.isInteger(pid) && pid > 0 && pidAlive(pid)) {
         throw new LiveupError('REPO_LOCKED', `${repo} is being published to by process ${pid} (lock ${path})`, { file: path, pid });
       }
       await unlink(path).catch(() => undefined);

@@ -17,6 +17,7 @@
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statfsSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { pidAlive } from '../../agent/src/util/pid.js';
 
 export const VM_CACHE = process.env.LIVEUP_VM_CACHE ?? '/var/cache/liveup/vm';
 const RUNS = join(VM_CACHE, 'runs');
@@ -64,19 +65,10 @@ export function dropRunBulk(dir: string): void {
   for (const name of readdirSync(dir)) if (isBulk(name)) rmSync(join(dir, name), { recursive: true, force: true });
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** The pid that owns a run directory, if it is still running. */
 function ownerAlive(dir: string): boolean {
   try {
-    return alive(Number(readFileSync(join(dir, '.owner'), 'utf8')));
+    return pidAlive(Number(readFileSync(join(dir, '.owner'), 'utf8')));
   } catch {
     return false;
   }

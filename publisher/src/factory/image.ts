@@ -3,10 +3,10 @@
  * initrd copied out, packages.json, cleaning, and the squashfs itself.
  */
 import { copyFile, mkdir, open, readFile, readdir, readlink, rm, writeFile, lstat, rename, symlink } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { LiveupError } from '../../../agent/src/channel/errors.js';
 import { run } from '../exec.js';
+import { pidAlive } from '../../../agent/src/util/pid.js';
 import type { Chroot, StepContext } from './chroot.js';
 import type { AptSource, Compression, Compressor } from './profile.js';
 
@@ -221,26 +221,11 @@ export async function removeStaleTemps(out: string, log: (l: string) => void, re
   for (const n of await readdir(dir).catch(() => [] as string[])) {
     if (!n.startsWith(prefix)) continue;
     const pid = Number(n.slice(prefix.length));
-    if (Number.isSafeInteger(pid) && pid !== process.pid && isAlive(pid)) {
+    if (Number.isSafeInteger(pid) && pid !== process.pid && pidAlive(pid)) {
       throw new LiveupError('BUILD_FAILED', `${join(dir, n)} belongs to a build that is still running (pid ${pid})`, { pid });
     }
     log(`removing the leftover of an interrupted run: ${join(dir, n)}`);
     await removeTree(join(dir, n));
-  }
-}
-
-function isAlive(pid: number): boolean {
-  // A killed build can linger a moment as a zombie: that is not a running build.
-  try {
-    if (/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))) return false;
-  } catch {
-    /* no /proc entry: fall through to kill(0) */
-  }
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
