@@ -20,6 +20,7 @@ import { connectAgent, type AgentClient } from '../../agent/src/dbus/client.js';
 import { startService, type AgentService } from '../../agent/src/dbus/service.js';
 import { startPrivateBus, type PrivateBus } from '../helpers/dbus.js';
 import { tmp } from '../helpers/tmp.js';
+import type { BootCheckResult } from '../../agent/src/bootcheck.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const isRoot = process.getuid?.() === 0;
@@ -160,7 +161,7 @@ describe('org.liveup.Agent1 over a private bus', () => {
   let service: AgentService | null = null;
   let client: AgentClient | null = null;
 
-  const start = async (opts: { authorize?: (uid: number) => Promise<boolean> } = {}) => {
+  const start = async (opts: { authorize?: (uid: number) => Promise<boolean>; bootCheck?: () => Promise<BootCheckResult> } = {}) => {
     agent = new FakeAgent();
     service = await startService({ bus: bus.address, api: agent, ...opts });
     client = await connectAgent({ bus: bus.address });
@@ -203,6 +204,26 @@ describe('org.liveup.Agent1 over a private bus', () => {
       ['history', null],
       ['gc'],
     ]);
+  });
+
+  it('BootCheck, as liveup-boot-check.service calls it (busctl): the verdict typed and the result as JSON; NotSupported from a daemon without the check', async () => {
+    // Asynchronous: the service answers from this process.
+    const busctl = () => new Promise<{ status: number; stdout: string; stderr: string }>((ok) => {
+      execFile('busctl', ['--system', '--auto-start=no', 'call', 'org.liveup.Agent1', '/org/liveup/Agent1', 'org.liveup.Agent1', 'BootCheck'],
+        { encoding: 'utf8', env: { ...process.env, DBUS_SYSTEM_BUS_ADDRESS: bus.address } },
+        (err, stdout, stderr) => ok({ status: err ? Number(err.code ?? 1) : 0, stdout, stderr }));
+    });
+    await start();
+    const none = await busctl();
+    expect(none.status).not.toBe(0);
+    expect(none.stderr).toMatch(/this agent does not run boot checks/);
+    await service!.close();
+    client!.close();
+    const result: BootCheckResult = { version: 3, verdict: 'failed', checks: [], rebooting: false };
+    await start({ bootCheck: async () => result });
+    const r = await busctl();
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toBe(`ss "failed" ${JSON.stringify(JSON.stringify(result))}\n`);
   });
 
   it('maps every LiveupError code 1:1 to org.liveup.Agent1.Error.<Pascal> and back', async () => {
