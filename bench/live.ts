@@ -27,14 +27,13 @@
  * as a newer version, 4 = 3 + linux-image-cloud-amd64. The channel is served
  * by `liveup serve` in a network namespace, as in the suite.
  *
- * Storage: this sandbox's host drops its page cache on its own (a 1 GB file
- * read once had 870 MB of it cached 8 minutes later, with 21 GB free), so
- * QEMU's reads of disk.img came from RAM or from the slow backing store by
- * chance: a boot right after the guest wrote its generation was fast, the
- * same boot minutes later was not (systemd's own start 1.4 s or 13 s, runs
- * 7-9). Before each measured switch, the baseline's included, the whole image
- * is read once on the host (not timed), so every variant meets the same warm
- * storage, as a machine's local disk would be; `--no-warm` leaves it to chance.
+ * Storage: this sandbox's host keeps only ~3.5 GB of page cache (21 GB
+ * free), so QEMU's reads of disk.img come from RAM or from the backing store
+ * by chance. Before each measured switch, the baseline's included, the whole
+ * image is read once on the host (not timed), so every variant meets the same
+ * warm storage, as a machine's local disk would be; `--no-warm` leaves it to
+ * chance. (It did not remove the bimodal start of systemd, 1.5 s or 14 s:
+ * docs/testing.md.)
  *
  *   node dist/bench/live.js [--json] [--no-warm]
  */
