@@ -74,25 +74,26 @@ async function main(): Promise<void> {
   const gen = await buildAgentGeneration(log, `http://10.0.2.2:${PORT}/`);
   const keys = gen.keys;
   const work = newRunDir('bench-live');
-  const repo = join(work, 'repo');
-  const cmdline = 'boot=live components console=ttyS0,115200 panic=5';
-  const publish = (g: string) => runAsync(liveup, ['publish', '--repo', repo, '--channel', 'stable', '--key', join(keys, 'vm.key.asc'), '--cmdline', cmdline, g]);
-  await publish(gen.gendir);
-  const base = join(VM_CACHE, gen.hash);
-  const five = await derived(join(base, 'bench-five-svc'), ['--from', repo, '--channel', 'stable', '--install', 'hello,sl,figlet,tree',
-    '--deb', serviceDeb(join(VM_CACHE, 'debs'), '1.1')]);
-  const fiveMeta = JSON.parse(readFileSync(join(five, 'generation.json'), 'utf8')) as { changes: unknown[] };
-  const libc = (JSON.parse(readFileSync(join(five, 'packages.json'), 'utf8')) as { packages: Record<string, string> }).packages.libc6!;
-  const libcDeb = await rebuiltDeb(join(VM_CACHE, 'debs'), 'glibc', 'libc6', libc, '+liveup1');
-  const soft = await derived(join(base, 'bench-libc6'), ['--from', five, '--parent', '2', '--deb', libcDeb]);
-  const kernel = await derived(join(base, 'bench-kernel'), ['--from', soft, '--parent', '3', '--install', 'linux-image-cloud-amd64']);
-  const image = join(work, 'disk.img');
-  await runAsync(liveup, ['disk', '--gendir', join(repo, 'generations', '1'), '--keyring', join(keys, 'vm.pub.asc'), '--out', image, '--size', '3072M', '--data-size', '1024M', '--serial', '--bios-only']);
-
   const ns = `liveup-bench-${process.pid}`;
   let server: ChildProcess | null = null;
   let vm: Vm | null = null;
+  // Inside the try from here: a failure anywhere after the run directory exists drops its bulk too.
   try {
+    const repo = join(work, 'repo');
+    const cmdline = 'boot=live components console=ttyS0,115200 panic=5';
+    const publish = (g: string) => runAsync(liveup, ['publish', '--repo', repo, '--channel', 'stable', '--key', join(keys, 'vm.key.asc'), '--cmdline', cmdline, g]);
+    await publish(gen.gendir);
+    const base = join(VM_CACHE, gen.hash);
+    const five = await derived(join(base, 'bench-five-svc'), ['--from', repo, '--channel', 'stable', '--install', 'hello,sl,figlet,tree',
+      '--deb', serviceDeb(join(VM_CACHE, 'debs'), '1.1')]);
+    const fiveMeta = JSON.parse(readFileSync(join(five, 'generation.json'), 'utf8')) as { changes: unknown[] };
+    const libc = (JSON.parse(readFileSync(join(five, 'packages.json'), 'utf8')) as { packages: Record<string, string> }).packages.libc6!;
+    const libcDeb = await rebuiltDeb(join(VM_CACHE, 'debs'), 'glibc', 'libc6', libc, '+liveup1');
+    const soft = await derived(join(base, 'bench-libc6'), ['--from', five, '--parent', '2', '--deb', libcDeb]);
+    const kernel = await derived(join(base, 'bench-kernel'), ['--from', soft, '--parent', '3', '--install', 'linux-image-cloud-amd64']);
+    const image = join(work, 'disk.img');
+    await runAsync(liveup, ['disk', '--gendir', join(repo, 'generations', '1'), '--keyring', join(keys, 'vm.pub.asc'), '--out', image, '--size', '3072M', '--data-size', '1024M', '--serial', '--bios-only']);
+
     execFileSync('ip', ['netns', 'add', ns]);
     execFileSync('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
     server = spawn('ip', ['netns', 'exec', ns, process.execPath, liveup, 'serve', repo, '--listen', `127.0.0.1:${PORT}`, '--quiet'], { stdio: 'inherit' });

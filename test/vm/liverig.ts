@@ -63,38 +63,39 @@ export async function setUpLiveRig(name: string, startOn: 1 | 3, log: (s: string
   const { keys } = built;
   const base = join(VM_CACHE, built.hash);
   const work = newRunDir(name);
-  const repo = join(work, 'repo');
-  const keyring = join(keys, 'vm.pub.asc');
-  const publish = (g: string) => runAsync(liveup, ['publish', '--repo', repo, '--channel', 'stable', '--key', join(keys, 'vm.key.asc'), '--cmdline', CMDLINE, g]);
-  const gen1 = built.gendir;
-  await publish(gen1);
-  // 2 and 3 are derived from the published channel (so each names its parent); 4 and 5 from 3's directory.
-  const gen2 = await derive(join(base, 'gen2-hello-svc'), 'generation 2 (+hello, the test service 1.1)',
-    ['--from', repo, '--channel', 'stable', '--keyring', keyring, '--install', 'hello', '--deb', serviceDeb(join(VM_CACHE, 'debs'), '1.1')], log);
-  await publish(gen2);
-  const gen3 = await derive(join(base, 'gen3-kernel'), 'generation 3 (+linux-image-cloud-amd64: a new kernel)',
-    ['--from', repo, '--channel', 'stable', '--keyring', keyring, '--install', 'linux-image-cloud-amd64'], log);
-  expect(generationJson(gen3)).toMatchObject({ parent: 2, rebootRequired: { required: true, reasons: expect.arrayContaining(['kernel', 'initrd']) } });
-  expect(generationJson(gen3).kernel.version).not.toBe(generationJson(gen1).kernel.version);
-  // sl and cowsay bring perl: a replay long enough to be killed in the middle; packages only.
-  const gen4 = await derive(join(base, 'gen4-sl'), 'generation 4 (+sl, cowsay)', ['--from', gen3, '--parent', '3', '--install', 'sl,cowsay'], log);
-  expect(generationJson(gen4)).toMatchObject({ parent: 3, rebootRequired: { required: false } });
-  // Nothing newer than generation 3's libc6 exists in trixie: the same package rebuilt with a higher version.
-  const libc = packagesOf(gen3).libc6!;
-  const gen5 = await derive(join(base, 'gen5-libc6'), 'generation 5 (libc6 rebuilt as a newer version)',
-    ['--from', gen3, '--parent', '3', '--deb', await rebuiltDeb(join(VM_CACHE, 'debs'), 'glibc', 'libc6', libc, '+liveup1')], log);
-  expect(generationJson(gen5)).toMatchObject({ parent: 3, rebootRequired: { required: true, reasons: ['package:libc6'] } });
-  expect(generationJson(gen5).changes.map((c) => c.package)).toEqual(['libc6']);
-  if (startOn === 3) await publish(gen3);
-
-  // The machine's disk as an administrator makes one: `liveup disk` (checked against the key), booted with UEFI.
-  const image = join(work, 'disk.img');
-  await runAsync(liveup, ['disk', '--gendir', join(repo, 'generations', String(startOn)), '--keyring', keyring, '--out', image, '--size', '3072M', '--data-size', '1024M', '--serial']);
   const ns = `liveup-${name}-${process.pid}`;
-  execFileSync('ip', ['netns', 'add', ns]);
   const children: ChildProcess[] = [];
   let vm: Vm | null = null;
+  // Set up inside the try: a failure anywhere after the run directory exists drops its bulk too.
   try {
+    const repo = join(work, 'repo');
+    const keyring = join(keys, 'vm.pub.asc');
+    const publish = (g: string) => runAsync(liveup, ['publish', '--repo', repo, '--channel', 'stable', '--key', join(keys, 'vm.key.asc'), '--cmdline', CMDLINE, g]);
+    const gen1 = built.gendir;
+    await publish(gen1);
+    // 2 and 3 are derived from the published channel (so each names its parent); 4 and 5 from 3's directory.
+    const gen2 = await derive(join(base, 'gen2-hello-svc'), 'generation 2 (+hello, the test service 1.1)',
+      ['--from', repo, '--channel', 'stable', '--keyring', keyring, '--install', 'hello', '--deb', serviceDeb(join(VM_CACHE, 'debs'), '1.1')], log);
+    await publish(gen2);
+    const gen3 = await derive(join(base, 'gen3-kernel'), 'generation 3 (+linux-image-cloud-amd64: a new kernel)',
+      ['--from', repo, '--channel', 'stable', '--keyring', keyring, '--install', 'linux-image-cloud-amd64'], log);
+    expect(generationJson(gen3)).toMatchObject({ parent: 2, rebootRequired: { required: true, reasons: expect.arrayContaining(['kernel', 'initrd']) } });
+    expect(generationJson(gen3).kernel.version).not.toBe(generationJson(gen1).kernel.version);
+    // sl and cowsay bring perl: a replay long enough to be killed in the middle; packages only.
+    const gen4 = await derive(join(base, 'gen4-sl'), 'generation 4 (+sl, cowsay)', ['--from', gen3, '--parent', '3', '--install', 'sl,cowsay'], log);
+    expect(generationJson(gen4)).toMatchObject({ parent: 3, rebootRequired: { required: false } });
+    // Nothing newer than generation 3's libc6 exists in trixie: the same package rebuilt with a higher version.
+    const libc = packagesOf(gen3).libc6!;
+    const gen5 = await derive(join(base, 'gen5-libc6'), 'generation 5 (libc6 rebuilt as a newer version)',
+      ['--from', gen3, '--parent', '3', '--deb', await rebuiltDeb(join(VM_CACHE, 'debs'), 'glibc', 'libc6', libc, '+liveup1')], log);
+    expect(generationJson(gen5)).toMatchObject({ parent: 3, rebootRequired: { required: true, reasons: ['package:libc6'] } });
+    expect(generationJson(gen5).changes.map((c) => c.package)).toEqual(['libc6']);
+    if (startOn === 3) await publish(gen3);
+
+    // The machine's disk as an administrator makes one: `liveup disk` (checked against the key), booted with UEFI.
+    const image = join(work, 'disk.img');
+    await runAsync(liveup, ['disk', '--gendir', join(repo, 'generations', String(startOn)), '--keyring', keyring, '--out', image, '--size', '3072M', '--data-size', '1024M', '--serial']);
+    execFileSync('ip', ['netns', 'add', ns]);
     execFileSync('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
     children.push(spawn('ip', ['netns', 'exec', ns, process.execPath, liveup, 'serve', repo, '--listen', `127.0.0.1:${PORT}`, '--quiet'], { stdio: 'inherit' }));
     const fleetDb = `sqlite:${join(work, 'fleet.db')}`;
@@ -113,6 +114,7 @@ export async function setUpLiveRig(name: string, startOn: 1 | 3, log: (s: string
   } catch (e) {
     for (const c of children) c.kill('SIGTERM');
     try { execFileSync('ip', ['netns', 'del', ns]); } catch { /* the first error is the one to see */ }
+    dropRunBulk(work);
     throw e;
   }
 }
