@@ -11,8 +11,7 @@
  *   full reboot  `systemctl reboot` into the generation just applied live,
  *                until its boot check passed; three times, and the ratios
  *                are against the median (one TCG boot can be 38 s off
- *                another: GRUB's load of the kernel and initrd took 12-35 s,
- *                systemd's start from a cold squashfs 1.5-14 s)
+ *                another: GRUB's load of the kernel and initrd took 8-36 s)
  *   soft-reboot  a libc6-only generation: `agentctl update --now` until the
  *                new userspace's boot check passed
  *   kexec        a kernel change: `agentctl update --now` until the new
@@ -32,8 +31,9 @@
  * by chance. Before each measured switch, the baseline's included, the whole
  * image is read once on the host (not timed), so every variant meets the same
  * warm storage, as a machine's local disk would be; `--no-warm` leaves it to
- * chance. (It did not remove the bimodal start of systemd, 1.5 s or 14 s:
- * docs/testing.md.)
+ * chance. (It did not remove the bimodal start of systemd, 1.5 s or 14 s,
+ * which was QEMU TCG's cost of rewriting pages that held translated code; the
+ * VM images now neutralise it for every boot path: docs/testing.md.)
  *
  *   node dist/bench/live.js [--json] [--no-warm]
  */
