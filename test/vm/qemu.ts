@@ -6,7 +6,8 @@
  * two test files' VMs side by side and never two VMs of one file.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 
 export interface Vm {
   /**
@@ -104,6 +105,11 @@ export function bootVm(opts: {
   allowGrubError?: boolean;
 }): Vm {
   writeFileSync(opts.consoleLog, '');
+  // A QMP socket, only read when a wait times out (see diagnoseHang).
+  // (A unix socket's path has ~107 bytes at most: a longer one goes without.)
+  const qmpSocket = `${opts.consoleLog}.qmp`;
+  const qmp = Buffer.byteLength(qmpSocket) < 100;
+  rmSync(qmpSocket, { force: true });
   // flock holds the lock for QEMU's lifetime; -no-reboot makes a guest reboot end QEMU.
   const child: ChildProcess = spawn(opts.netns ? 'ip' : 'flock', [
     ...(opts.netns ? ['netns', 'exec', opts.netns, 'flock'] : []),
@@ -115,6 +121,7 @@ export function bootVm(opts: {
     ...(opts.cdrom ? ['-cdrom', opts.cdrom] : []),
     ...(opts.uefi ? ['-bios', '/usr/share/ovmf/OVMF.fd'] : []),
     '-display', 'none', '-serial', 'stdio', '-monitor', 'none',
+    ...(qmp ? ['-qmp', `unix:${qmpSocket},server=on,wait=off`] : []),
     ...(opts.net ? ['-nic', 'user,model=virtio-net-pci'] : ['-nic', 'none']),
     ...(opts.allowReboot ? [] : ['-no-reboot']),
   ], { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -147,7 +154,12 @@ export function bootVm(opts: {
         }
         if (exited) return done(() => reject(new Error(`${exited} ${what}; see ${opts.consoleLog}`)));
       };
-      const timer = setTimeout(() => done(() => reject(new Error(`timed out after ${timeoutMs} ms ${what}; see ${opts.consoleLog}`))), timeoutMs);
+      const timer = setTimeout(() => {
+        done(() => undefined);
+        // A silent console says nothing about where the guest is: record its CPU and screen first.
+        void (qmp ? diagnoseHang(qmpSocket, opts.consoleLog) : Promise.resolve(null)).then((diag) =>
+          reject(new Error(`timed out after ${timeoutMs} ms ${what}; see ${opts.consoleLog}${diag ? ` and ${diag}` : ''}`)));
+      }, timeoutMs);
       const done = (f: () => void): void => { clearTimeout(timer); waiters.delete(check); f(); };
       waiters.add(check);
       check();
@@ -185,4 +197,75 @@ export function bootVm(opts: {
       await new Promise<void>((r) => { child.once('exit', () => r()); child.kill('SIGTERM'); });
     },
   };
+}
+
+/**
+ * What a guest that stopped talking is doing, for a timed-out wait: the vCPU's
+ * registers sampled three times a second apart (a RIP that never moves is a
+ * wait loop, one that wanders is work or a spin), and the screen (GRUB and the
+ * firmware also draw there). Written to `<console log>.hang.txt` and `.ppm`;
+ * resolves with the text file's path, or null when QEMU could not be asked.
+ * (Added after a CI run whose guest sat silent after "Welcome to GRUB!" for
+ * 13 minutes and left nothing else to read.)
+ */
+export async function diagnoseHang(qmpSocket: string, consoleLog: string): Promise<string | null> {
+  const out = `${consoleLog}.hang.txt`;
+  try {
+    const ask = await qmpSession(qmpSocket);
+    try {
+      const parts: string[] = [`at ${new Date().toISOString()}`];
+      parts.push(`status: ${JSON.stringify(await ask('query-status'))}`);
+      for (let i = 0; i < 3; i++) {
+        if (i > 0) await new Promise((r) => setTimeout(r, 1000));
+        parts.push(`--- info registers (${i + 1}/3)`, String(await ask('human-monitor-command', { 'command-line': 'info registers' })));
+      }
+      await ask('screendump', { filename: `${consoleLog}.ppm` }).catch(() => undefined);
+      writeFileSync(out, parts.join('\n') + '\n');
+      return out;
+    } finally {
+      ask.close();
+    }
+  } catch {
+    return null;
+  }
+}
+
+type QmpAsk = ((execute: string, args?: Record<string, unknown>) => Promise<unknown>) & { close(): void };
+
+/** A minimal QMP client: one command at a time, 10 s each. */
+async function qmpSession(path: string): Promise<QmpAsk> {
+  const sock = connect(path);
+  let buf = '';
+  const lines: string[] = [];
+  let wake: (() => void) | null = null;
+  sock.on('data', (b) => {
+    buf += b.toString();
+    let i: number;
+    while ((i = buf.indexOf('\n')) >= 0) { lines.push(buf.slice(0, i)); buf = buf.slice(i + 1); }
+    wake?.();
+  });
+  sock.on('error', () => wake?.());
+  const next = (): Promise<Record<string, unknown>> => new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('QMP: no answer')), 10_000);
+    const take = (): void => {
+      while (lines.length > 0) {
+        const msg = JSON.parse(lines.shift()!) as Record<string, unknown>;
+        if ('event' in msg) continue;
+        clearTimeout(timer); wake = null; resolve(msg); return;
+      }
+      if (sock.destroyed) { clearTimeout(timer); reject(new Error('QMP: closed')); return; }
+      wake = take;
+    };
+    take();
+  });
+  await next(); // the greeting
+  const ask = (async (execute: string, args?: Record<string, unknown>) => {
+    sock.write(JSON.stringify(args ? { execute, arguments: args } : { execute }) + '\n');
+    const r = await next();
+    if ('error' in r) throw new Error(`QMP ${execute}: ${JSON.stringify(r.error)}`);
+    return r.return;
+  }) as QmpAsk;
+  ask.close = () => sock.destroy();
+  await ask('qmp_capabilities');
+  return ask;
 }
