@@ -121,9 +121,9 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
     has('usr/lib/liveup/node_modules/dbus-next/LICENSE');
     expect(paths.filter((p) => p.startsWith('./usr/lib/liveup/node_modules/dbus-next/') && !p.endsWith('/'))).toEqual(['./usr/lib/liveup/node_modules/dbus-next/LICENSE']);
     has('usr/lib/systemd/system/liveup-agent.service');
-    // Drop-ins keeping systemd from unmounting the boot medium under the running squashfs.
-    has('usr/lib/systemd/system/run-live-medium.mount.d/liveup.conf');
-    has('usr/lib/systemd/system/run-liveup-boot.mount.d/liveup.conf');
+    // Prefix drop-ins keeping systemd from unmounting what the running (or next) root sits on.
+    has('usr/lib/systemd/system/run-live-.mount.d/liveup.conf');
+    has('usr/lib/systemd/system/run-liveup-.mount.d/liveup.conf');
     has('usr/lib/tmpfiles.d/liveup.conf');
     has('usr/share/dbus-1/system.d/org.liveup.Agent1.conf');
     has('etc/liveup/agent.json');
