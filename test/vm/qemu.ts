@@ -244,7 +244,9 @@ async function qmpSession(path: string): Promise<QmpAsk> {
     while ((i = buf.indexOf('\n')) >= 0) { lines.push(buf.slice(0, i)); buf = buf.slice(i + 1); }
     wake?.();
   });
+  // A refused connection or QEMU gone: the waiting answer fails now, not after its 10 s.
   sock.on('error', () => wake?.());
+  sock.on('close', () => wake?.());
   const next = (): Promise<Record<string, unknown>> => new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('QMP: no answer')), 10_000);
     const take = (): void => {
