@@ -4,16 +4,16 @@
  * `liveup serve` on 127.0.0.1, staging onto a temporary boot medium, writing
  * grub.cfg and a real grubenv with grub-editenv, journalling into SQLite.
  */
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
-import { cp, mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { tmp } from '../helpers/tmp.js';
 import { makeGendir, makeKey, type TestKey } from '../helpers/fixtures.js';
 import { startPrivateBus, type PrivateBus } from '../helpers/dbus.js';
-import { bin, collect } from '../helpers/cli.js';
+import { bin, collect, copyForOtherUsers } from '../helpers/cli.js';
 import { publish } from '../../publisher/src/publish.js';
 import { serve, type RunningServer } from '../../publisher/src/serve.js';
 import { Journal } from '../../agent/src/adapters/journal.js';
@@ -110,10 +110,10 @@ async function machine(opts: {
     },
     log: () => log,
     async ctl(args, o = {}) {
-      const argv = [bin('agentctl'), '--bus', bus.address, ...args];
+      const argv = ['--bus', bus.address, ...args];
       const child = o.asNobody
-        ? spawn('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] })
-        : spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+        ? spawn('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, join(await forOthers(), 'bin', 'agentctl'), ...argv], { stdio: ['ignore', 'pipe', 'pipe'] })
+        : spawn(process.execPath, [bin('agentctl'), ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
       return collect(child);
     },
     async json<T>(args: string[]) {
@@ -186,6 +186,13 @@ async function throttledProxy(upstream: string, bytesPerSec: number): Promise<{ 
 
 beforeAll(() => {
   bin('liveup-agentd'); // fails early with a clear message when dist/ is missing
+});
+
+/** The compiled agentctl where `nobody` can run it (the checkout may be root's only), made once. */
+let othersCopy: Promise<string> | null = null;
+const forOthers = (): Promise<string> => (othersCopy ??= copyForOtherUsers({ dist: true }));
+afterAll(async () => {
+  if (othersCopy) await rm(await othersCopy, { recursive: true, force: true });
 });
 
 describe('liveup-agentd and agentctl', () => {

@@ -5,8 +5,7 @@
  * agentctl.
  */
 import { execFile, spawnSync } from 'node:child_process';
-import { chmod, copyFile, mkdir, mkdtemp, readFile, realpath, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ERROR_CODES, LiveupError, type ErrorCode } from '../../agent/src/channel/errors.js';
@@ -20,6 +19,7 @@ import { connectAgent, type AgentClient } from '../../agent/src/dbus/client.js';
 import { startService, type AgentService } from '../../agent/src/dbus/service.js';
 import { startPrivateBus, type PrivateBus } from '../helpers/dbus.js';
 import { tmp } from '../helpers/tmp.js';
+import { copyForOtherUsers } from '../helpers/cli.js';
 import type { BootCheckResult } from '../../agent/src/bootcheck.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -133,22 +133,16 @@ function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<
 }
 
 let bus: PrivateBus;
-/** An isolated compiled copy of the project (dist/, bin/, package.json, node_modules link) readable by every user. */
+/** An isolated compiled copy of the project (dist/, bin/, package.json, node_modules) readable by every user. */
 let build: string;
 
 beforeAll(async () => {
   bus = await startPrivateBus();
+  build = await copyForOtherUsers({ dist: false });
   // Not the shared dist/: other test files may read it while we compile.
-  build = await realpath(await mkdtemp(join(tmpdir(), 'liveup-dbus-build-')));
-  await chmod(build, 0o755);
   const tsc = spawnSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.build.json'), '--outDir', join(build, 'dist')], { encoding: 'utf8' });
   if (tsc.status !== 0) throw new Error(`tsc failed: ${tsc.stdout}${tsc.stderr}`);
-  await mkdir(join(build, 'bin'));
-  await copyFile(join(ROOT, 'bin/agentctl'), join(build, 'bin/agentctl'));
-  await chmod(join(build, 'bin/agentctl'), 0o755);
-  await copyFile(join(ROOT, 'package.json'), join(build, 'package.json'));
-  await symlink(await realpath(join(ROOT, 'node_modules')), join(build, 'node_modules'));
-  spawnSync('chmod', ['-R', 'a+rX', build]);
+  spawnSync('chmod', ['-R', 'a+rX', join(build, 'dist')]);
 });
 
 afterAll(async () => {
