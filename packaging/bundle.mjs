@@ -5,7 +5,8 @@
 //   node packaging/bundle.mjs --repo DIR --dest DIR --entry bin/agentctl [--entry …]
 //
 // - Follows the static imports of the entries through dist/ (relative
-//   specifiers) and collects the bare ones (npm packages, `node:` excluded).
+//   specifiers) and collects the bare ones (npm packages, `node:` excluded);
+//   a `require('x')` (a createRequire'd one: a module loaded on first use) counts.
 // - Copies dist/ files reached, the entries and package.json into DEST.
 // - Copies each reached npm package and its `dependencies` /
 //   present `optionalDependencies`, resolved the way Node does (nested
@@ -33,7 +34,7 @@ if (!opt.repo || !opt.dest || opt.entries.length === 0) {
 // Needed only while npm installs a package, never when it runs.
 const INSTALL_ONLY = { 'better-sqlite3': ['prebuild-install'], usocket: ['node-gyp', 'nan'] };
 
-const IMPORT_RE = /(?:^|[\s;}])(?:import|export)\s[^'"]*?from\s*['"]([^'"]+)['"]|(?:^|[\s;}])import\s*['"]([^'"]+)['"]|\bimport\(\s*['"]([^'"]+)['"]\s*\)/gm;
+const IMPORT_RE = /(?:^|[\s;}])(?:import|export)\s[^'"]*?from\s*['"]([^'"]+)['"]|(?:^|[\s;}])import\s*['"]([^'"]+)['"]|\b(?:import|require)\(\s*['"]([^'"]+)['"]\s*\)/gm;
 
 // 1. Source closure.
 const files = new Set();

@@ -92,7 +92,10 @@ export async function startDaemon(opts: {
   }, opts.fleetTickMs ?? 30_000);
   fleetTick.unref();
   void agent.releaseFleetLock();
-  log.info({ booted: agent.properties().bootedVersion }, 'agent started');
+  // startup: "snapshot" when the launcher ran the program from its V8 startup
+  // snapshot (packaging/snapshot.mjs marks it), else "modules".
+  const startup = (globalThis as { __liveupStartup?: string }).__liveupStartup ?? 'modules';
+  log.info({ booted: agent.properties().bootedVersion, startup }, 'agent started');
 
   /** Run under the lock; a busy lock means someone else is already doing it. */
   const guarded = async (kind: string, owner: string, fn: () => Promise<unknown>): Promise<void> => {

@@ -116,6 +116,9 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
     has('usr/lib/liveup/app/liveup-boot-check.js');
     has('usr/lib/liveup/bin/liveup-boot-check-via-agent');
     expect(paths.some((p) => /^\.\/usr\/lib\/liveup\/app\/chunks\/openpgp-[\w-]+\.js$/.test(p))).toBe(true);
+    // The startup snapshot entries of the two programs on the switches' critical path (packaging/snapshot.mjs).
+    has('usr/lib/liveup/app/snapshot/agentctl.cjs');
+    has('usr/lib/liveup/app/snapshot/liveup-agentd.cjs');
     // The native addon stays a package; an inlined one keeps only its licence.
     has('usr/lib/liveup/node_modules/better-sqlite3/build/Release/better_sqlite3.node');
     has('usr/lib/liveup/node_modules/dbus-next/LICENSE');
@@ -156,9 +159,9 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
       expect(postinst).toMatch(/deb-systemd-helper enable/);
       expect(postinst).toMatch(/daemon-reload/);
       expect(await readFile(join(ctl, 'postrm'), 'utf8')).toMatch(/"\$1" = "purge"[\s\S]*rm -rf \/var\/lib\/liveup/);
-      if (existsSync(hooksDir) && readdirSync(hooksDir).length) {
-        expect(await readFile(join(ctl, 'triggers'), 'utf8')).toMatch(/activate-noawait update-initramfs/);
-      }
+      const triggers = await readFile(join(ctl, 'triggers'), 'utf8');
+      if (existsSync(hooksDir) && readdirSync(hooksDir).length) expect(triggers).toMatch(/activate-noawait update-initramfs/);
+      expect(triggers).toMatch(/^interest-noawait \/usr\/bin\/node$/m);
       await run('sh', ['-n', join(ctl, 'postinst')]);
       await run('sh', ['-n', join(ctl, 'prerm')]);
       await run('sh', ['-n', join(ctl, 'postrm')]);
@@ -211,6 +214,25 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
         expect(ctl.stdout).toMatch(/rollback/);
         // The version comes from the package.json the bundled program finds above app/.
         expect((await inChroot(root, 'agentctl --version')).stdout).toBe('agentctl 0.1.0\n');
+        // postinst built both programs' startup snapshots with the chroot's node, and the
+        // launchers start from them; from the bundle, the same program answers.
+        for (const p of ['agentctl', 'liveup-agentd']) {
+          const snap = await inChroot(root, `LIVEUP_SNAPSHOT=status ${p}`, { allowFail: true });
+          expect(snap.code, snap.stdout + snap.stderr).toBe(0);
+          expect(snap.stdout).toBe(`${p}: starts from its startup snapshot /var/cache/liveup-agent/snapshot/${p}.blob\n`);
+        }
+        expect((await inChroot(root, 'LIVEUP_SNAPSHOT=off agentctl --version')).stdout).toBe('agentctl 0.1.0\n');
+        // A snapshot that no longer matches what it was built for (here the blob was
+        // overwritten; a new node or bundle does the same) is not run: the bundle is.
+        await inChroot(root, 'echo junk > /var/cache/liveup-agent/snapshot/agentctl.blob');
+        const stale = await inChroot(root, 'LIVEUP_SNAPSHOT=status agentctl', { allowFail: true });
+        expect(stale.code).toBe(1);
+        expect(stale.stdout).toMatch(/^agentctl: its startup snapshot \S+ is stale .*: starts from the bundle; LIVEUP_SNAPSHOT=build \S+ rebuilds it\n$/);
+        expect((await inChroot(root, 'agentctl --version')).stdout).toBe('agentctl 0.1.0\n');
+        // A new node (its package's files under /usr/bin/node) triggers the rebuild.
+        await inChroot(root, 'dpkg-trigger --no-await /usr/bin/node && dpkg --triggers-only --pending');
+        expect((await inChroot(root, 'LIVEUP_SNAPSHOT=status agentctl')).stdout).toMatch(/starts from its startup snapshot/);
+        expect((await inChroot(root, 'LIVEUP_SNAPSHOT=bogus agentctl', { allowFail: true })).code).toBe(2);
         const daemon = await inChroot(root, 'liveup-agentd --help');
         expect(daemon.stdout).toMatch(/^Usage: liveup-agentd/);
         expect(daemon.stdout).toMatch(/\/etc\/liveup\/agent\.json/);
@@ -255,8 +277,8 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
         await inChroot(root, 'echo journal > /var/lib/liveup/journal.db && dpkg -r liveup-agent');
         expect((await inChroot(root, 'ls /etc/liveup/agent.json /var/lib/liveup/journal.db')).stdout).toMatch(/journal\.db/);
         await inChroot(root, 'dpkg -P liveup-agent');
-        const gone = await inChroot(root, 'ls -d /etc/liveup /var/lib/liveup /etc/systemd/system/multi-user.target.wants/liveup-agent.service /usr/lib/liveup 2>&1 || true');
-        expect(gone.stdout.match(/No such file or directory/g)?.length).toBe(4);
+        const gone = await inChroot(root, 'ls -d /etc/liveup /var/lib/liveup /etc/systemd/system/multi-user.target.wants/liveup-agent.service /usr/lib/liveup /var/cache/liveup-agent 2>&1 || true');
+        expect(gone.stdout.match(/No such file or directory/g)?.length).toBe(5);
       });
     } finally {
       await removeTree(root);

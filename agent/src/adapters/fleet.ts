@@ -9,10 +9,9 @@
  *
  * Also the FleetLock client (Zincati's protocol) for reboot slots.
  */
-import http from 'node:http';
-import https from 'node:https';
 import { readFile } from 'node:fs/promises';
 import { LiveupError } from '../channel/errors.js';
+import { clientFor } from './http.js';
 import type { FleetConfig } from '../config.js';
 import type { Journal, JsonObject } from './journal.js';
 import type { Logger } from '../util/log.js';
@@ -23,10 +22,11 @@ export interface PostResult {
 }
 
 /** One JSON request with a timeout; network failures reject. */
-function requestJson(method: 'GET' | 'POST', url: string, body: unknown, headers: Record<string, string>, timeoutMs: number): Promise<PostResult> {
+async function requestJson(method: 'GET' | 'POST', url: string, body: unknown, headers: Record<string, string>, timeoutMs: number): Promise<PostResult> {
   const u = new URL(url);
   const text = body === undefined ? '' : JSON.stringify(body);
-  const lib = u.protocol === 'https:' ? https : http;
+  const lib = await clientFor(u);
+  if (!lib) throw new LiveupError('INVALID_ARGUMENT', `unsupported URL scheme in ${url}`);
   return new Promise((resolve, reject) => {
     const req = lib.request(u, {
       method,

@@ -3,8 +3,8 @@
  * node:http rather than fetch because we need exact control of Range /
  * Content-Range, TLS client certificates, and of aborting a body mid-stream.
  */
-import http from 'node:http';
-import https from 'node:https';
+import type http from 'node:http';
+import type https from 'node:https';
 import type { Readable } from 'node:stream';
 import { LiveupError } from '../channel/errors.js';
 
@@ -33,9 +33,20 @@ export interface HttpRequestOptions {
   readonly signal?: AbortSignal;
 }
 
-export function httpGet(url: string, opts: HttpRequestOptions = {}): Promise<HttpResponse> {
+/**
+ * node:http or node:https, loaded on first use: the daemon and agentctl start
+ * on the boot's and each switch's critical path, where neither is needed, and
+ * the startup snapshot (packaging/snapshot.mjs) cannot hold them.
+ */
+export async function clientFor(u: URL): Promise<typeof http | typeof https | null> {
+  if (u.protocol === 'https:') return (await import('node:https')).default;
+  if (u.protocol === 'http:') return (await import('node:http')).default;
+  return null;
+}
+
+export async function httpGet(url: string, opts: HttpRequestOptions = {}): Promise<HttpResponse> {
   const u = new URL(url);
-  const lib = u.protocol === 'https:' ? https : u.protocol === 'http:' ? http : null;
+  const lib = await clientFor(u);
   if (!lib) throw new LiveupError('INVALID_ARGUMENT', `unsupported URL scheme in ${url}`);
   const headers: Record<string, string> = { 'user-agent': 'liveup/0.1', ...opts.headers };
   const c = opts.credentials;

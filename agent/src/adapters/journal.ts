@@ -16,9 +16,21 @@
  *   admin escape hatch and it is journalled. No SQL leaves this file.
  */
 import { existsSync, mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { LiveupError, isErrorCode, type ErrorCode } from '../channel/errors.js';
+
+/**
+ * better-sqlite3, loaded when the first journal opens rather than with this
+ * module: a native addon cannot be in the agent's startup snapshot
+ * (packaging/snapshot.mjs), which holds this module already evaluated.
+ */
+let sqlite: typeof Database | undefined;
+function openDatabase(path: string, opts?: Database.Options): Database.Database {
+  const require = createRequire(import.meta.url);
+  return new (sqlite ??= require('better-sqlite3') as typeof Database)(path, opts);
+}
 
 export const GENERATION_STATES = ['available', 'downloading', 'staged', 'booted', 'good', 'failed', 'removed'] as const;
 export type GenerationState = (typeof GENERATION_STATES)[number];
@@ -245,7 +257,7 @@ export class Journal {
     if (existsSync(path)) precheck(path);
     let db: Database.Database;
     try {
-      db = new Database(path);
+      db = openDatabase(path);
     } catch (e) {
       if (isSqliteCorruption(e)) throw corrupt(path, (e as Error).message);
       throw new LiveupError('INTERNAL', `cannot open journal ${path}: ${(e as Error).message}`, { file: path }, { cause: e });
@@ -549,7 +561,7 @@ export class Journal {
 function precheck(path: string): void {
   let ro: Database.Database;
   try {
-    ro = new Database(path, { readonly: true, fileMustExist: true });
+    ro = openDatabase(path, { readonly: true, fileMustExist: true });
   } catch (e) {
     if (isSqliteCorruption(e)) throw corrupt(path, (e as Error).message);
     return; // e.g. no write access for the -shm: the read-write open reports it

@@ -18,7 +18,9 @@ export interface Io {
 export const processIo: Io = {
   out: (l) => process.stdout.write(l + '\n'),
   err: (l) => process.stderr.write(l + '\n'),
-  isTTY: Boolean(process.stderr.isTTY),
+  // A getter, not a value taken at module load: a startup snapshot holds this
+  // module evaluated on the machine that built it (packaging/snapshot.mjs).
+  get isTTY() { return Boolean(process.stderr.isTTY); },
 };
 
 export type Values = Record<string, string | boolean | string[] | boolean[] | undefined>;
