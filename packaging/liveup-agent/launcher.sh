@@ -13,12 +13,17 @@ flags='@FLAGS@'
 entry=@LIBDIR@/app/snapshot/@PROG@.cjs
 blob=/var/cache/liveup-agent/snapshot/@PROG@.blob
 
-# What the blob was built for: this node and libnode, this entry, these V8
-# flags, and the blob as written. node refuses a blob from another build or
-# other flags only by exiting (14) with the program not run, so a blob whose
-# identity differs is never tried: the bundle runs instead.
+# What the blob was built for, in words that survive the image's mksquashfs
+# (which renumbers inodes and clamps mtimes): the sizes of node, libnode, the
+# entry and the blob; dpkg's MD5 sums of node, libnode and the entry (any new
+# build of them changes these); the V8 flags. node refuses a blob from another
+# build or other flags only by exiting (14) with the program not run, so a
+# blob whose identity differs is never tried: the bundle runs instead.
 identity() {
-	stat -L --printf='%d:%i:%s:%Y ' "$node" /usr/lib/*/libnode.so.* "$entry" "$blob" 2>/dev/null
+	# shellcheck disable=SC2046 # the words of both, on one line
+	printf '%s ' $(stat -L -c %s "$node" /usr/lib/*/libnode.so.* "$entry" "$blob" 2>/dev/null) \
+		$(grep -h -e ' usr/bin/node$' -e ' usr/lib/[^/]*/libnode\.so\.[0-9]*$' -e " ${entry#/}\$" \
+			/var/lib/dpkg/info/nodejs*.md5sums /var/lib/dpkg/info/libnode*.md5sums /var/lib/dpkg/info/liveup-agent*.md5sums 2>/dev/null)
 	printf '%s\n' "$flags"
 }
 valid() {

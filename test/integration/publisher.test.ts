@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import http from 'node:http';
 import { tmp } from '../helpers/tmp.js';
 import { makeGendir, makeKey } from '../helpers/fixtures.js';
-import { collect, runCli, startCli } from '../helpers/cli.js';
+import { bin, collect, runCli, startCli } from '../helpers/cli.js';
+import { spawnSync } from 'node:child_process';
 import { publish } from '../../publisher/src/publish.js';
 import { serve } from '../../publisher/src/serve.js';
 import { verifyRepo } from '../../publisher/src/verify-repo.js';
@@ -47,6 +48,17 @@ describe('liveup key generate', () => {
     const bad = await runCli('liveup', ['publish', '--bogus']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/Unknown option '--bogus'/);
+  });
+
+  it('ends quietly with success when its reader has gone (`agentctl history | head -1`)', async () => {
+    // fd 5: the write end of a FIFO whose only reader (fd 4) is closed, so the first
+    // write fails with EPIPE every time (a `| head` races with the writer).
+    const dir = await tmp();
+    for (const name of ['liveup', 'agentctl'] as const) {
+      const r = spawnSync('sh', ['-c', `mkfifo "$1/f" && exec 4<>"$1/f" 5>"$1/f" 4<&- && rm "$1/f" && exec "$2" --help >&5`, 'sh', dir, bin(name)], { encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+    }
   });
 });
 

@@ -96,6 +96,22 @@ export function reportError(io: Io, json: boolean, e: unknown): number {
   return err.code === 'INVALID_ARGUMENT' ? EXIT.USAGE : err.code === 'DAEMON_UNAVAILABLE' ? EXIT.UNAVAILABLE : EXIT.FAILED;
 }
 
+/**
+ * `agentctl history | head -1`: the reader exits and closes the pipe. A C tool
+ * dies of SIGPIPE there; node ignores SIGPIPE, so its next write fails with
+ * EPIPE, an 'error' event that, unhandled, ends the program with a stack
+ * trace. End as quietly, with success: the reader had what it wanted.
+ */
+let stdoutGuarded = false;
+function endQuietlyOnClosedStdout(): void {
+  if (stdoutGuarded) return;
+  stdoutGuarded = true;
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(EXIT.OK);
+    throw e;
+  });
+}
+
 export async function runCli(
   program: string,
   blurb: string,
@@ -103,6 +119,7 @@ export async function runCli(
   argv: readonly string[],
   io: Io = processIo,
 ): Promise<number> {
+  if (io === processIo) endQuietlyOnClosedStdout();
   const json = argv.includes('--json');
   // Longest command path that prefixes argv wins ("key generate" before "key").
   const match = [...commands]
