@@ -21,6 +21,7 @@ import { TxLock } from './core/txlock.js';
 import { EXIT, optString, runCli, type Command } from './cli/framework.js';
 import { createLogger, type Logger } from './util/log.js';
 import { bootCheck, loadBootCheckConfig, type BootCheckResult } from './bootcheck.js';
+import { refreshStartupSnapshots } from './adapters/snapshots.js';
 
 export interface RunningDaemon {
   readonly agent: Agent;
@@ -31,6 +32,8 @@ export async function startDaemon(opts: {
   mainFile: string; dropInDir: string; localDropInDir?: string; runDir: string; bus?: string; log?: Logger;
   /** How often queued fleet reports and a held reboot slot are retried (default 30 s; tests shorten it). */
   fleetTickMs?: number;
+  /** When the startup snapshots are checked and built after the start (default 20 s). */
+  snapshotDelayMs?: number;
 }): Promise<RunningDaemon> {
   const log = opts.log ?? createLogger();
   const where = { mainFile: opts.mainFile, dropInDir: opts.dropInDir, localDropInDir: opts.localDropInDir ?? DEFAULT_LOCAL_DROP_IN_DIR };
@@ -145,6 +148,21 @@ export async function startDaemon(opts: {
   });
   log.info({ bus: opts.bus ?? config.dbus }, 'serving org.liveup.Agent1');
 
+  // The startup snapshots this machine's next starts use (adapters/snapshots.ts):
+  // built here, after the boot check has had its seconds, at the background CPU weight.
+  const snapshots = setTimeout(() => {
+    refreshStartupSnapshots().then(
+      (rs) => {
+        for (const r of rs) {
+          if (r.outcome === 'failed') log.warn({ program: r.program, detail: r.detail }, 'startup snapshot not built');
+          else log.info({ program: r.program, outcome: r.outcome }, 'startup snapshot');
+        }
+      },
+      (e: unknown) => log.warn({ err: toLiveupError(e).message }, 'startup snapshots not refreshed'),
+    );
+  }, opts.snapshotDelayMs ?? 20_000);
+  snapshots.unref();
+
   const scheduleFrom = (c = agent.config): Schedule => {
     applyTimeZone(c.timeZone);
     return scheduleChecks(c.schedule, { jitterMs: c.jitterSeconds * 1000 }, () =>
@@ -178,6 +196,7 @@ export async function startDaemon(opts: {
       await inbox.close();
       await schedule?.stop();
       if (wake) clearTimeout(wake);
+      clearTimeout(snapshots);
       clearInterval(fleetTick);
       unsubscribeReports();
       await service.close();

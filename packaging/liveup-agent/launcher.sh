@@ -7,40 +7,49 @@
 #
 #   LIVEUP_SNAPSHOT=off     run from the bundle
 #   LIVEUP_SNAPSHOT=status  say whether the snapshot would be used (exit 0 if so)
-#   LIVEUP_SNAPSHOT=build   (re)build it (the package's postinst and trigger do)
+#   LIVEUP_SNAPSHOT=build   (re)build it (liveup-agentd does, after its start)
 node=/usr/bin/node
 flags='@FLAGS@'
 entry=@LIBDIR@/app/snapshot/@PROG@.cjs
-blob=/var/cache/liveup-agent/snapshot/@PROG@.blob
+# On the persistent state partition: a live machine's overlay forgets each
+# boot, and the next generation with the same node and agent uses it too.
+blob=/var/lib/liveup/snapshot/@PROG@.blob
 
-# What the blob was built for, in words that survive the image's mksquashfs
-# (which renumbers inodes and clamps mtimes): the sizes of node, libnode, the
-# entry and the blob; dpkg's MD5 sums of node, libnode and the entry (any new
-# build of them changes these); the V8 flags. node refuses a blob from another
-# build or other flags only by exiting (14) with the program not run, so a
-# blob whose identity differs is never tried: the bundle runs instead.
-identity() {
+# What a blob is valid for, in words that survive an image's mksquashfs
+# (which renumbers inodes and clamps mtimes): the CPU's features (V8 refuses
+# a blob written on another CPU), dpkg's MD5 sums of node, libnode and the
+# entry (any new build of them changes these), their sizes, the V8 flags.
+# node refuses a mismatch only by exiting (14) without running the program,
+# so a blob whose identity differs is never tried: the bundle runs instead.
+runtime() {
 	# shellcheck disable=SC2046 # the words of both, on one line
-	printf '%s ' $(stat -L -c %s "$node" /usr/lib/*/libnode.so.* "$entry" "$blob" 2>/dev/null) \
-		$(grep -h -e ' usr/bin/node$' -e ' usr/lib/[^/]*/libnode\.so\.[0-9]*$' -e " ${entry#/}\$" \
+	printf '%s ' $(stat -L -c %s "$node" /usr/lib/*/libnode.so.* "$entry" 2>/dev/null) \
+		$(grep -h -m1 -e '^flags' -e ' usr/bin/node$' -e ' usr/lib/[^/]*/libnode\.so\.[0-9]*$' -e " ${entry#/}\$" /proc/cpuinfo \
 			/var/lib/dpkg/info/nodejs*.md5sums /var/lib/dpkg/info/libnode*.md5sums /var/lib/dpkg/info/liveup-agent*.md5sums 2>/dev/null)
-	printf '%s\n' "$flags"
+	printf '%s' "$flags"
+}
+identity() {
+	printf '%s blob %s\n' "$1" "$(stat -c %s "$blob" 2>/dev/null)"
 }
 valid() {
-	[ -r "$blob.id" ] && IFS= read -r built < "$blob.id" && [ "$built" = "$(identity)" ]
+	[ -r "$blob.id" ] && IFS= read -r built < "$blob.id" && [ "$built" = "$(identity "$(runtime)")" ]
 }
 build() {
 	dir=${blob%/*}
 	tmp=$dir/.@PROG@.$$
 	mkdir -p "$dir" || return 1
 	rm -f "$blob.id" # the old blob is out of use from here
+	# What a build killed mid-way left.
+	find "$dir" -maxdepth 1 -name '.@PROG@.*' -mmin +30 -delete 2>/dev/null
+	before=$(runtime)
 	# From the entry's directory, as at run time; the builder's warnings about
-	# built-ins it has not verified are shown only if the build fails. Then the
-	# blob must run the program (--help) before it is declared valid.
+	# built-ins it has not verified are shown only if the build fails. The blob
+	# must then run the program (--help), and node must not have changed
+	# meanwhile (a live replay upgrading it), before it is declared valid.
 	# shellcheck disable=SC2086 # $flags: several words
 	if (cd "${entry%/*}" && "$node" $flags --snapshot-blob "$tmp.blob" --build-snapshot "$entry") >"$tmp.log" 2>&1 &&
 		"$node" $flags --snapshot-blob "$tmp.blob" -- --help >/dev/null 2>>"$tmp.log" &&
-		mv -f "$tmp.blob" "$blob" && identity > "$tmp.id" && mv -f "$tmp.id" "$blob.id"; then
+		[ "$(runtime)" = "$before" ] && mv -f "$tmp.blob" "$blob" && identity "$before" > "$tmp.id" && mv -f "$tmp.id" "$blob.id"; then
 		rm -f "$tmp.log"
 		return 0
 	fi

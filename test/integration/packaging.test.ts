@@ -214,25 +214,31 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
         expect(ctl.stdout).toMatch(/rollback/);
         // The version comes from the package.json the bundled program finds above app/.
         expect((await inChroot(root, 'agentctl --version')).stdout).toBe('agentctl 0.1.0\n');
-        // postinst built both programs' startup snapshots with the chroot's node, and the
-        // launchers start from them; from the bundle, the same program answers.
+        // Startup snapshots: none until built on the machine (liveup-agentd builds them
+        // after its start); then the launchers start from them, and the programs answer
+        // the same from the snapshot and from the bundle.
+        const missing = await inChroot(root, 'LIVEUP_SNAPSHOT=status agentctl', { allowFail: true });
+        expect(missing.code).toBe(1);
+        expect(missing.stdout).toMatch(/^agentctl: its startup snapshot \/var\/lib\/liveup\/snapshot\/agentctl\.blob is missing: starts from the bundle/);
         for (const p of ['agentctl', 'liveup-agentd']) {
+          await inChroot(root, `LIVEUP_SNAPSHOT=build /usr/lib/liveup/bin/${p}`);
           const snap = await inChroot(root, `LIVEUP_SNAPSHOT=status ${p}`, { allowFail: true });
           expect(snap.code, snap.stdout + snap.stderr).toBe(0);
-          expect(snap.stdout).toBe(`${p}: starts from its startup snapshot /var/cache/liveup-agent/snapshot/${p}.blob\n`);
+          expect(snap.stdout).toBe(`${p}: starts from its startup snapshot /var/lib/liveup/snapshot/${p}.blob\n`);
         }
+        expect((await inChroot(root, 'agentctl --version')).stdout).toBe('agentctl 0.1.0\n');
         expect((await inChroot(root, 'LIVEUP_SNAPSHOT=off agentctl --version')).stdout).toBe('agentctl 0.1.0\n');
         // What an image's mksquashfs does to files (new inode numbers, mtimes clamped) keeps it valid.
-        await inChroot(root, 'for f in /usr/bin/node /var/cache/liveup-agent/snapshot/agentctl.blob /usr/lib/liveup/app/snapshot/agentctl.cjs; do cp -p $f $f.new && mv $f.new $f && touch -d @0 $f; done');
+        await inChroot(root, 'for f in /usr/bin/node /var/lib/liveup/snapshot/agentctl.blob /usr/lib/liveup/app/snapshot/agentctl.cjs; do cp -p $f $f.new && mv $f.new $f && touch -d @0 $f; done');
         expect((await inChroot(root, 'LIVEUP_SNAPSHOT=status agentctl')).stdout).toMatch(/starts from its startup snapshot/);
         // A snapshot that no longer matches what it was built for (here the blob was
-        // overwritten; a new node or bundle does the same) is not run: the bundle is.
-        await inChroot(root, 'echo junk > /var/cache/liveup-agent/snapshot/agentctl.blob');
+        // overwritten; a new node, agent or CPU does the same) is not run: the bundle is.
+        await inChroot(root, 'echo junk > /var/lib/liveup/snapshot/agentctl.blob');
         const stale = await inChroot(root, 'LIVEUP_SNAPSHOT=status agentctl', { allowFail: true });
         expect(stale.code).toBe(1);
         expect(stale.stdout).toMatch(/^agentctl: its startup snapshot \S+ is stale .*: starts from the bundle; LIVEUP_SNAPSHOT=build \S+ rebuilds it\n$/);
         expect((await inChroot(root, 'agentctl --version')).stdout).toBe('agentctl 0.1.0\n');
-        // A new node (its package's files under /usr/bin/node) triggers the rebuild.
+        // A new node (its package's files under /usr/bin/node) triggers the rebuild of those there.
         await inChroot(root, 'dpkg-trigger --no-await /usr/bin/node && dpkg --triggers-only --pending');
         expect((await inChroot(root, 'LIVEUP_SNAPSHOT=status agentctl')).stdout).toMatch(/starts from its startup snapshot/);
         expect((await inChroot(root, 'LIVEUP_SNAPSHOT=bogus agentctl', { allowFail: true })).code).toBe(2);
@@ -279,9 +285,10 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
         // remove keeps config and state; purge removes both and the enablement.
         await inChroot(root, 'echo journal > /var/lib/liveup/journal.db && dpkg -r liveup-agent');
         expect((await inChroot(root, 'ls /etc/liveup/agent.json /var/lib/liveup/journal.db')).stdout).toMatch(/journal\.db/);
+        expect((await inChroot(root, 'ls -d /var/lib/liveup/snapshot 2>&1 || true')).stdout).toMatch(/No such file or directory/); // caches of the removed programs
         await inChroot(root, 'dpkg -P liveup-agent');
-        const gone = await inChroot(root, 'ls -d /etc/liveup /var/lib/liveup /etc/systemd/system/multi-user.target.wants/liveup-agent.service /usr/lib/liveup /var/cache/liveup-agent 2>&1 || true');
-        expect(gone.stdout.match(/No such file or directory/g)?.length).toBe(5);
+        const gone = await inChroot(root, 'ls -d /etc/liveup /var/lib/liveup /etc/systemd/system/multi-user.target.wants/liveup-agent.service /usr/lib/liveup 2>&1 || true');
+        expect(gone.stdout.match(/No such file or directory/g)?.length).toBe(4);
       });
     } finally {
       await removeTree(root);
