@@ -90,7 +90,7 @@ for (const e of opt.entries) {
     '  main(process.argv.slice(2)).then((code) => { process.exitCode = code; });',
     '});',
   ].join('\n');
-  await build({
+  const result = await build({
     stdin: { contents: entry, resolveDir: opt.dir, sourcefile: `${prog}-snapshot-entry.mjs` },
     absWorkingDir: opt.dir,
     outfile: join(opt.dir, 'app', 'snapshot', `${prog}.cjs`),
@@ -111,6 +111,16 @@ for (const e of opt.entries) {
     define: { 'import.meta.url': '__liveupMetaUrl' },
     legalComments: 'eof',
     logLevel: 'warning',
+    metafile: true,
   });
+  // A dynamic import() left in the entry (of an external: esbuild inlines the
+  // others) fails at run time, after the snapshot was built and declared good:
+  // code deserialized from a snapshot has no dynamic import callback.
+  const dynamic = Object.values(result.metafile.outputs).flatMap((o) => o.imports)
+    .filter((i) => i.kind === 'dynamic-import').map((i) => i.path);
+  if (dynamic.length > 0) {
+    console.error(`snapshot: ${prog}: import() of ${[...new Set(dynamic)].join(', ')} cannot run from a startup snapshot; load it with a createRequire()'d require`);
+    process.exit(1);
+  }
 }
 process.stderr.write(`snapshot: ${opt.entries.length} snapshot entr${opt.entries.length === 1 ? 'y' : 'ies'} in app/snapshot/\n`);

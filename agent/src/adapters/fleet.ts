@@ -25,7 +25,7 @@ export interface PostResult {
 async function requestJson(method: 'GET' | 'POST', url: string, body: unknown, headers: Record<string, string>, timeoutMs: number): Promise<PostResult> {
   const u = new URL(url);
   const text = body === undefined ? '' : JSON.stringify(body);
-  const lib = await clientFor(u);
+  const lib = clientFor(u);
   if (!lib) throw new LiveupError('INVALID_ARGUMENT', `unsupported URL scheme in ${url}`);
   return new Promise((resolve, reject) => {
     const req = lib.request(u, {

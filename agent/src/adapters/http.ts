@@ -3,6 +3,7 @@
  * node:http rather than fetch because we need exact control of Range /
  * Content-Range, TLS client certificates, and of aborting a body mid-stream.
  */
+import { createRequire } from 'node:module';
 import type http from 'node:http';
 import type https from 'node:https';
 import type { Readable } from 'node:stream';
@@ -36,17 +37,20 @@ export interface HttpRequestOptions {
 /**
  * node:http or node:https, loaded on first use: the daemon and agentctl start
  * on the boot's and each switch's critical path, where neither is needed, and
- * the startup snapshot (packaging/snapshot.mjs) cannot hold them.
+ * the startup snapshot (packaging/snapshot.mjs) cannot hold them. Through
+ * require, not import(): code deserialized from a snapshot has no dynamic
+ * import callback ("A dynamic import callback was not specified").
  */
-export async function clientFor(u: URL): Promise<typeof http | typeof https | null> {
-  if (u.protocol === 'https:') return (await import('node:https')).default;
-  if (u.protocol === 'http:') return (await import('node:http')).default;
+export function clientFor(u: URL): typeof http | typeof https | null {
+  const require = createRequire(import.meta.url);
+  if (u.protocol === 'https:') return require('node:https') as typeof https;
+  if (u.protocol === 'http:') return require('node:http') as typeof http;
   return null;
 }
 
 export async function httpGet(url: string, opts: HttpRequestOptions = {}): Promise<HttpResponse> {
   const u = new URL(url);
-  const lib = await clientFor(u);
+  const lib = clientFor(u);
   if (!lib) throw new LiveupError('INVALID_ARGUMENT', `unsupported URL scheme in ${url}`);
   const headers: Record<string, string> = { 'user-agent': 'liveup/0.1', ...opts.headers };
   const c = opts.credentials;
