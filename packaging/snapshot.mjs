@@ -28,9 +28,9 @@
 //   addons and optional packages load from /usr/lib/liveup/node_modules then;
 // - node:http/https are not loaded at module load (the builder refuses them):
 //   the agent imports them on first request (agent/src/adapters/http.ts).
-// The blob itself is built on the machine, by the node that will run it
-// (postinst, and its dpkg trigger on /usr/bin/node): a blob only loads in the
-// exact node binary, with the exact V8 flags, that wrote it.
+// The blob itself is built on the machine that runs it, by liveup-agentd
+// (agent/src/adapters/snapshots.ts) through the launcher: a blob loads only on
+// the CPU features, node build and V8 flags that wrote it.
 import { build } from 'esbuild';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
