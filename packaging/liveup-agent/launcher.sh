@@ -65,7 +65,7 @@ case ${LIVEUP_SNAPSHOT:-} in
 off) ;;
 status)
 	if valid; then echo "@PROG@: starts from its startup snapshot $blob"; exit 0; fi
-	if [ -e "$blob" ]; then why="is stale (built for another node, bundle or flags)"; else why="is missing"; fi
+	if [ -e "$blob" ]; then why="is stale (built for another node, agent, CPU or V8 flags)"; else why="is missing"; fi
 	echo "@PROG@: its startup snapshot $blob $why: starts from the bundle; LIVEUP_SNAPSHOT=build $0 rebuilds it"
 	exit 1 ;;
 build)
