@@ -23,6 +23,7 @@
 import { build } from 'esbuild';
 import { chmodSync, existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join, relative, resolve, sep } from 'node:path';
+import { EXTERNAL } from './externals.mjs';
 
 const args = process.argv.slice(2);
 const opt = { entries: [] };
@@ -38,9 +39,6 @@ if (!opt.dir || !opt.summary || opt.entries.length === 0) {
   process.exit(2);
 }
 
-// Loaded by file path at run time (a .node addon beside them): never inlined.
-// x11 and abstract-socket are dbus-next's optional requires, absent here.
-const EXTERNAL = ['better-sqlite3', 'usocket', 'x11', 'abstract-socket'];
 
 const entryPoints = Object.fromEntries(opt.entries.map((e) => [basename(e), join(opt.dir, e)]));
 const result = await build({

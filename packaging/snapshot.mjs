@@ -32,8 +32,11 @@
 // (agent/src/adapters/snapshots.ts) through the launcher: a blob loads only on
 // the CPU features, node build and V8 flags that wrote it.
 import { build } from 'esbuild';
-import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
+import { EXTERNAL } from './externals.mjs';
 
 const args = process.argv.slice(2);
 const opt = { entries: [], finish: false };
@@ -99,7 +102,7 @@ for (const e of opt.entries) {
     platform: 'node',
     target: 'node20',
     // Loaded at run time through the real require (native addons, optional).
-    external: ['better-sqlite3', 'usocket', 'x11', 'abstract-socket'],
+    external: EXTERNAL,
     banner: {
       js: [
         '// liveup: a V8 startup snapshot entry (packaging/snapshot.mjs), built into a blob by the launcher beside.',
@@ -121,6 +124,20 @@ for (const e of opt.entries) {
   if (dynamic.length > 0) {
     console.error(`snapshot: ${prog}: import() of ${[...new Set(dynamic)].join(', ')} cannot run from a startup snapshot; load it with a createRequire()'d require`);
     process.exit(1);
+  }
+  // The entry builds into a blob and runs from it (here with this node, on the
+  // machine with its own): a module that cannot be snapshotted fails the build.
+  const tmp = mkdtempSync(join(tmpdir(), 'liveup-snapshot-'));
+  try {
+    const node = (more) => execFileSync(process.execPath, [...flags.split(/\s+/).filter(Boolean), '--snapshot-blob', join(tmp, 'blob'), ...more],
+      { cwd: join(opt.dir, 'app', 'snapshot'), stdio: ['ignore', 'ignore', 'pipe'] });
+    node(['--build-snapshot', `${prog}.cjs`]);
+    node(['--', '--help']);
+  } catch (err) {
+    console.error(`snapshot: ${prog}'s startup snapshot entry does not build or run:\n${err.stderr ?? err.message}`);
+    process.exit(1);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
   }
 }
 process.stderr.write(`snapshot: ${opt.entries.length} snapshot entr${opt.entries.length === 1 ? 'y' : 'ies'} in app/snapshot/\n`);

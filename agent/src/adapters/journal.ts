@@ -28,8 +28,12 @@ import { LiveupError, isErrorCode, type ErrorCode } from '../channel/errors.js';
  */
 let sqlite: typeof Database | undefined;
 function openDatabase(path: string, opts?: Database.Options): Database.Database {
-  const require = createRequire(import.meta.url);
-  return new (sqlite ??= require('better-sqlite3') as typeof Database)(path, opts);
+  if (!sqlite) {
+    // Spelled `require('better-sqlite3')`: packaging/bundle.mjs finds the package by it.
+    const require = createRequire(import.meta.url);
+    sqlite = require('better-sqlite3') as typeof Database;
+  }
+  return new sqlite(path, opts);
 }
 
 export const GENERATION_STATES = ['available', 'downloading', 'staged', 'booted', 'good', 'failed', 'removed'] as const;
