@@ -32,7 +32,7 @@ import {
 } from './dbus/api.js';
 import type { Logger } from './util/log.js';
 import { AGENT_VERSION } from './version.js';
-import { decide, type Decision, type PendingGeneration } from './core/decide.js';
+import { decide, prewarmTarget, type Decision, type PendingGeneration } from './core/decide.js';
 import { windowState } from './core/window.js';
 import { rolloutTurn } from './core/rollout.js';
 import type { RebootStrategy } from './config.js';
@@ -49,6 +49,7 @@ import type { JsonObject } from './adapters/journal.js';
 import { hostname, uptime } from 'node:os';
 import { loadKexec, paramsToKeep } from './adapters/kexec.js';
 import { handOverToNextRoot, prepareNextRoot, teardownNextRoot } from './adapters/nextroot.js';
+import { dropWarm, prewarm, warmList } from './adapters/prewarm.js';
 import { phaseTimer, type PhaseTimer } from './util/phases.js';
 import { mountImage } from './adapters/imagemount.js';
 import { writeFileAtomic, ensureDir } from './util/fsatomic.js';
@@ -239,6 +240,9 @@ export class Agent implements AgentApi {
     for (const r of removed) this.#log.warn({ path: r }, 'removed a half-staged generation');
     if (removed.length) this.#journal.event({ kind: 'reconciled', message: `removed half-staged ${removed.join(', ')}` });
     if (this.#booted !== null) await this.#recordBoot(this.#booted);
+    // Warm mounts of what now runs (carried over in /run by the soft-reboot into it) or older are done with.
+    const booted = this.#booted;
+    if (this.#config.liveRoot === '/' && booted !== null) await dropWarm((w) => w <= booted).catch(() => undefined);
     this.#bootId = await this.#host.bootId();
     await recoverInterruptedApply({ dpkg: this.#dpkg(), journal: this.#journal, log: this.#log, bootId: this.#bootId });
   }
@@ -501,6 +505,7 @@ export class Agent implements AgentApi {
       const live = !opts.downloadOnly && (opts.applyLive || act);
       const next = this.#stagedNext();
       let waitNote = '';
+      let warmNote = '';
       if (next !== null && (this.#running() === null || next > this.#running()!)) {
         // Only acting depends on the decision; otherwise it is for `status`, and its failure must not fail the update.
         const decided = await this.#decide(opts.applyLive ? 'live' : undefined, target?.manifest, opts.applyNow === true).catch((e: unknown) => {
@@ -515,16 +520,21 @@ export class Agent implements AgentApi {
         if (decided && opts.applyLive) {
           throw new LiveupError('LIVE_APPLY_REFUSED', `no live replay to ${decided.decision.target}: ${decided.decision.reason}`, { version: decided.decision.target ?? 0 });
         }
+        const warm = decided ? prewarmTarget(decided.decision, act) : null;
+        if (warm !== null) {
+          warmNote = await this.#prewarm(warm);
+          phases.mark('prewarm');
+        }
       }
       if (staged === null) {
         this.#setState(this.#stagedNext() ? 'staged' : 'idle');
-        return { version: null, outcome: 'up-to-date', message: reason };
+        return { version: null, outcome: 'up-to-date', message: `${reason}${warmNote}` };
       }
       this.#setState('staged');
       return {
         version: staged,
         outcome: 'staged',
-        message: `generation ${staged} is staged and will be tried at the next boot (fallback: ${(await this.#defaultVersion()) ?? 'none'})${waitNote}`,
+        message: `generation ${staged} is staged and will be tried at the next boot (fallback: ${(await this.#defaultVersion()) ?? 'none'})${waitNote}${warmNote}`,
       };
     } catch (e) {
       const err = toLiveupError(e);
@@ -533,6 +543,26 @@ export class Agent implements AgentApi {
       }
       this.#setState('failed');
       throw err;
+    }
+  }
+
+  /**
+   * The programs of `v`, a soft-reboot decided for later, read into memory now
+   * (adapters/prewarm.ts), after dropping any other generation's. Only on a
+   * machine; never fails the update — without it the switch is only slower.
+   * Returns the note for the update's message.
+   */
+  async #prewarm(v: number): Promise<string> {
+    if (this.#config.liveRoot !== '/' || this.#config.prewarmMB === 0) return '';
+    try {
+      await dropWarm((w) => w !== v);
+      const squashfs = join(this.#config.bootDir, 'live', String(v), 'filesystem.squashfs');
+      const r = await prewarm({ squashfs, version: v, files: warmList(await scanProcesses()), maxBytes: this.#config.prewarmMB * 2 ** 20 });
+      this.#log.info({ version: v, ...r }, 'prewarmed for the soft-reboot');
+      return `; ${r.files} of its files (${(r.bytes / 2 ** 20).toFixed(0)} MiB${r.truncated ? ', prewarmMB reached' : ''}) read into memory for the soft-reboot`;
+    } catch (e) {
+      this.#log.warn({ version: v, err: toLiveupError(e).message }, 'prewarm failed; the soft-reboot will read its files cold');
+      return '';
     }
   }
 
@@ -863,6 +893,8 @@ export class Agent implements AgentApi {
     let freed = 0;
     for (const v of remove) {
       freed += await this.#sizeOf(v);
+      // A warm mount (prewarm.ts) holds the squashfs open: released first.
+      if (this.#config.liveRoot === '/') await dropWarm((w) => w === v).catch(() => undefined);
       await this.#step('gc', v, () => removeGeneration(this.#config.bootDir, v));
       const g = this.#journal.getGeneration(v);
       if (g && g.state !== 'failed') this.#journal.setState(v, 'removed');

@@ -133,6 +133,13 @@ export interface AgentConfig {
   readonly inboxDir: string;
   /** Space left free on the boot medium and state dir after staging, in MiB (default 64). */
   readonly freeSpaceReserveMB: number;
+  /**
+   * A soft-reboot decided for later (a window, people logged in): at most this
+   * many MiB of the target's programs are read into memory when it is staged,
+   * so the switch does not read them cold (adapters/prewarm.ts; default 512,
+   * 0 turns it off).
+   */
+  readonly prewarmMB: number;
   readonly fetch: FetchConfig;
   /** Bus the daemon serves `org.liveup.Agent1` on (default `system`). */
   readonly dbus: DbusTarget;
@@ -175,7 +182,7 @@ export interface LoadedConfig {
 const TOP_KEYS = [
   'channel', 'mirrors', 'credentials', 'keyring', 'threshold', 'architecture', 'schedule', 'jitterSeconds',
   'maintenanceWindows', 'timeZone', 'rebootStrategy', 'keep', 'grubVerify', 'bootDir', 'stateDir', 'inboxDir',
-  'freeSpaceReserveMB', 'fetch', 'dbus', 'grubEditenv', 'liveRoot', 'liveLowerDir', 'fleet', 'machineIdFile',
+  'freeSpaceReserveMB', 'prewarmMB', 'fetch', 'dbus', 'grubEditenv', 'liveRoot', 'liveLowerDir', 'fleet', 'machineIdFile',
 ] as const;
 
 const DEFAULT_SCHEDULE = '0 */4 * * *';
@@ -420,6 +427,7 @@ function resolveConfig(o: Json, r: ConfigReader): AgentConfig {
     stateDir,
     inboxDir: optAbsPath(o, 'inboxDir', '') ?? joinPath(stateDir, 'inbox'),
     freeSpaceReserveMB: int('freeSpaceReserveMB', 64, 0),
+    prewarmMB: int('prewarmMB', 512, 0, 1 << 20),
     fetch: resolveFetch(r, o.fetch === undefined ? {} : r.object(o.fetch, 'fetch', FETCH_KEYS)),
     dbus: dbus as DbusTarget,
     grubEditenv,

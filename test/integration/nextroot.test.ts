@@ -1,11 +1,13 @@
 /** soft-reboot's /run/nextroot, mounted for real into a temporary directory (root only). */
 import { describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmp } from '../helpers/tmp.js';
 import { handOverToNextRoot, prepareNextRoot, teardownNextRoot } from '../../agent/src/adapters/nextroot.js';
+import { dropWarm, prewarm, warmMounts } from '../../agent/src/adapters/prewarm.js';
 import { bootId } from '../../agent/src/adapters/host.js';
 import { run } from '../../agent/src/adapters/exec.js';
 import type { Runner } from '../../agent/src/adapters/exec.js';
@@ -136,5 +138,97 @@ describe.skipIf(process.getuid?.() !== 0)('prepareNextRoot', () => {
     await expect(handOverToNextRoot({ runDir: run, version: 5, nextroot: join(dir, 'nextroot'), machineId: join(dir, 'no-machine-id') })).rejects.toThrow(/no-machine-id/);
     expect(readFileSync(join(run, 'booted'), 'utf8')).toBe('3\n');
     expect(existsSync(join(run, 'soft-reboot-id'))).toBe(false);
+  });
+});
+
+const MiB = 1 << 20;
+/** Bytes of `file` in the page cache (util-linux fincore). */
+const resident = (file: string): number => Number(execFileSync('fincore', ['-b', '-n', '-o', 'RES', file], { encoding: 'utf8' }).trim());
+/** The source (the loop device) of the mount at `p`, from mountinfo: the field after the filesystem type. */
+const sourceOf = (p: string, pid: number | 'self' = 'self'): string | undefined => {
+  const line = readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n').find((l) => l.split(' ')[4] === p);
+  return line?.split(' - ')[1]?.split(' ')[1];
+};
+
+/** An image with a program and two libraries of incompressible bytes, without fragments like the factory's. */
+async function imageWithPrograms(dir: string): Promise<string> {
+  for (const [f, size] of [['usr/bin/prog', 3 * MiB], ['usr/lib/libbig.so', 5 * MiB], ['usr/lib/libcold.so', 2 * MiB]] as const) {
+    await mkdir(join(dir, 'tree', f, '..'), { recursive: true });
+    await writeFile(join(dir, 'tree', f), randomBytes(size));
+  }
+  execFileSync('mksquashfs', [join(dir, 'tree'), join(dir, 'fs.squashfs'), '-no-fragments', '-quiet', '-no-progress']);
+  return join(dir, 'fs.squashfs');
+}
+
+describe.skipIf(process.getuid?.() !== 0)('prewarm: a staged soft-reboot target read into memory ahead of the switch', () => {
+  it('the soft-reboot\'s own mount of the target finds the files read ahead in memory, and only those', async () => {
+    const dir = await tmp();
+    const squashfs = await imageWithPrograms(dir);
+    const warmDir = join(dir, 'warm');
+    const files = ['/usr/bin/prog', '/usr/lib/libbig.so', '/usr/lib/gone.so', '/usr/lib'];
+    try {
+      expect(await prewarm({ squashfs, version: 5, files, maxBytes: 64 * MiB, dir: warmDir })).toEqual({ mount: join(warmDir, '5'), files: 2, bytes: 8 * MiB, missing: 2, truncated: false });
+      // Again (a later check while the switch waits): the same mount, read again.
+      expect((await prewarm({ squashfs, version: 5, files, maxBytes: 64 * MiB, dir: warmDir })).files).toBe(2);
+      expect(await warmMounts({ dir: warmDir })).toEqual([5]);
+      const o = { squashfs, nextroot: join(dir, 'nextroot'), scratch: join(dir, 'scratch') };
+      const mounts = await prepareNextRoot(o);
+      try {
+        const lower = join(o.scratch, 'lower');
+        // The same loop device, hence the same squashfs superblock and page cache.
+        expect(sourceOf(lower)).toMatch(/^\/dev\/loop\d+$/);
+        expect(sourceOf(lower)).toBe(sourceOf(join(warmDir, '5')));
+        expect(resident(join(lower, 'usr/bin/prog'))).toBe(3 * MiB);
+        expect(resident(join(lower, 'usr/lib/libbig.so'))).toBe(5 * MiB);
+        expect(resident(join(lower, 'usr/lib/libcold.so'))).toBe(0);
+      } finally {
+        await teardownNextRoot(mounts);
+      }
+    } finally {
+      expect(await dropWarm(() => true, { dir: warmDir })).toEqual([5]);
+    }
+    expect(await warmMounts({ dir: warmDir })).toEqual([]);
+    expect(mounted(join(warmDir, '5'))).toBe(false);
+  });
+
+  it('stops at the byte budget and says so; another version\'s mount is dropped, not this one\'s', async () => {
+    const dir = await tmp();
+    const squashfs = await imageWithPrograms(dir);
+    const warmDir = join(dir, 'warm');
+    try {
+      const r = await prewarm({ squashfs, version: 6, files: ['/usr/bin/prog', '/usr/lib/libbig.so', '/usr/lib/libcold.so'], maxBytes: 4 * MiB, dir: warmDir });
+      expect(r).toMatchObject({ files: 2, bytes: 4 * MiB, truncated: true });
+      expect(resident(join(warmDir, '6', 'usr/lib/libcold.so'))).toBe(0);
+      await prewarm({ squashfs, version: 7, files: [], maxBytes: MiB, dir: warmDir });
+      expect(await warmMounts({ dir: warmDir })).toEqual([6, 7]);
+      expect(await dropWarm((v) => v !== 7, { dir: warmDir })).toEqual([6]);
+      expect(await warmMounts({ dir: warmDir })).toEqual([7]);
+    } finally {
+      await dropWarm(() => true, { dir: warmDir });
+    }
+  });
+
+  it('from a sandboxed namespace, mounts where PID 1 keeps it (it outlives the agent\'s namespace)', async () => {
+    const dir = await tmp();
+    const init = await namespaceHolder();
+    const warmDir = join(dir, 'warm');
+    try {
+      const r = await prewarm({ squashfs: await imageWithPrograms(dir), version: 5, files: ['/usr/bin/prog'], maxBytes: 64 * MiB, dir: warmDir, initPid: init.pid });
+      expect(r).toMatchObject({ files: 1, bytes: 3 * MiB });
+      expect(mounted(join(warmDir, '5'), init.pid)).toBe(true);
+      expect(mounted(join(warmDir, '5'))).toBe(false);
+      expect(await warmMounts({ dir: warmDir, initPid: init.pid })).toEqual([5]);
+      expect(await dropWarm(() => true, { dir: warmDir, initPid: init.pid })).toEqual([5]);
+      expect(mounted(join(warmDir, '5'), init.pid)).toBe(false);
+    } finally {
+      init.kill();
+    }
+  });
+
+  it('a target that cannot be mounted is an error naming it, and leaves no mount', async () => {
+    const dir = await tmp();
+    const warmDir = join(dir, 'warm');
+    await expect(prewarm({ squashfs: join(dir, 'missing.squashfs'), version: 5, files: ['/usr/bin/prog'], maxBytes: MiB, dir: warmDir })).rejects.toThrow(/missing\.squashfs/);
+    expect(await warmMounts({ dir: warmDir })).toEqual([]);
   });
 });

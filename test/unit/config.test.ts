@@ -56,6 +56,7 @@ describe('loadConfig', () => {
       stateDir: '/var/lib/liveup',
       inboxDir: '/var/lib/liveup/inbox',
       freeSpaceReserveMB: 64,
+      prewarmMB: 512,
       fetch: { deadlineSeconds: 3600, minBytesPerSecond: 1024, retries: 5, backoffSeconds: 30 },
       dbus: 'system',
       grubEditenv: 'grub-editenv',
@@ -132,6 +133,8 @@ describe('loadConfig', () => {
       [{ keep: 1 }, 'keep'],
       [{ threshold: 0 }, 'threshold'],
       [{ dbus: 'nonsense' }, 'dbus'],
+      [{ prewarmMB: -1 }, 'prewarmMB'],
+      [{ prewarmMB: '512' }, 'prewarmMB'],
     ];
     for (const [extra, key] of cases) {
       const e = await loadError(await setup({ ...BASE, ...extra }));
@@ -142,8 +145,10 @@ describe('loadConfig', () => {
       maintenanceWindows: [{ days: ['sat', 'sun'], start: '22:00', end: '04:00' }],
       credentials: { bearerTokenFile: '/etc/liveup/token', clientCert: '/c.pem', clientKey: '/k.pem', ca: '/ca.pem' },
       dbus: 'unix:path=/tmp/bus',
+      prewarmMB: 0,
     });
     const { config } = await loadConfig(ok);
+    expect(config.prewarmMB).toBe(0); // off
     expect(config.maintenanceWindows[0]).toEqual({ days: ['sat', 'sun'], start: '22:00', end: '04:00' });
     expect(config.credentials?.clientKey).toBe('/k.pem');
     expect(config.dbus).toBe('unix:path=/tmp/bus');

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decide, RECHECK_MS, type DecideInput, type PendingGeneration } from '../../agent/src/core/decide.js';
+import { decide, prewarmTarget, RECHECK_MS, type Decision, type DecideInput, type PendingGeneration } from '../../agent/src/core/decide.js';
 import { windowState } from '../../agent/src/core/window.js';
 import type { MaintenanceWindow } from '../../agent/src/config.js';
 
@@ -88,5 +88,23 @@ describe('windowState', () => {
   it('the next opening wraps to next week', () => {
     const s = windowState([w(['mon'], '09:00', '09:30')], NOW, 'UTC');
     expect(s.nextOpen).toEqual(new Date('2026-11-30T09:00:00Z'));
+  });
+});
+
+describe('prewarmTarget: which staged generation to read into memory ahead of its switch', () => {
+  const d = (o: Partial<Decision>): Decision => ({ action: 'nothing', target: 4, reason: 'r', ...o });
+  const rows: [string, Decision, boolean, number | null][] = [
+    ['a soft-reboot nobody acts on now (staged only)', d({ action: 'soft-reboot' }), false, 4],
+    ['a soft-reboot carried out now: nothing to gain', d({ action: 'soft-reboot' }), true, null],
+    ['a soft-reboot waiting for its window, even on a scheduled run', d({ action: 'wait', then: 'soft-reboot' }), true, 4],
+    ['a kexec waiting: a new kernel starts from an empty page cache', d({ action: 'wait', then: 'kexec' }), false, null],
+    ['kexec', d({ action: 'kexec' }), false, null],
+    ['reboot', d({ action: 'reboot' }), false, null],
+    ['a live replay', d({ action: 'live-apply' }), false, null],
+    ['stage-only: no switch is planned', d({ action: 'stage-only' }), false, null],
+    ['nothing to do', d({ action: 'nothing', target: null }), false, null],
+  ];
+  it.each(rows)('%s', (_, decision, actingNow, want) => {
+    expect(prewarmTarget(decision, actingNow)).toBe(want);
   });
 });

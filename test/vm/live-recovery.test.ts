@@ -122,6 +122,13 @@ describe.skipIf(!RUN)('VM: maintenance window, a killed replay, a failing genera
     // userspace-only switch: 5's squashfs under a fresh overlay at /run/nextroot, soft-reboot.target.
     // The kernel keeps running (same boot_id, uptime goes on), no firmware, GRUB or initramfs.
     await publish(gen[5]);
+    // Staged ahead of the switch, as a schedule does before a window: the decision is a soft-reboot
+    // later, so the agent reads 5's programs into memory through a mount of its own, whose loop
+    // device (and page cache) the soft-reboot's mount of 5 reuses (adapters/prewarm.ts).
+    const stagedSoft = await vm.sh('agentctl update --download-only --json', 900_000);
+    expect(stagedSoft.out).toMatch(/generation 5 is staged.*; \d+ of its files \(\d+ MiB\) read into memory for the soft-reboot/);
+    const warmLoop = (await vm.sh('findmnt -n -o SOURCE /run/liveup/warm/5')).out.trim();
+    expect(warmLoop).toMatch(/^\/dev\/loop\d+$/);
     const uptime = async () => Number((await vm.sh('cut -d" " -f1 /proc/uptime')).out.trim());
     const bootIdBefore = (await vm.sh('cat /proc/sys/kernel/random/boot_id')).out.trim();
     const uptimeBefore = await uptime();
@@ -141,6 +148,10 @@ describe.skipIf(!RUN)('VM: maintenance window, a killed replay, a failing genera
     // /run/liveup/nextroot/lower — not live-boot's overlay, which a soft-reboot that restarted
     // the old root (nextroot mounted where PID 1 could not see it) would leave.
     expect((await vm.sh(`awk '$5 == "/" { l = $0 } END { print l }' /proc/self/mountinfo`)).out).toMatch(/ - overlay overlay .*lowerdir=\/run\/liveup\/nextroot\/lower/);
+    // 5's image is attached once: the root sits on the loop device warmed before the switch. (The
+    // mounts below /run, the warm one included, are not carried into the new root.)
+    expect((await vm.sh('losetup -n -O NAME -j /run/liveup/boot/live/5/filesystem.squashfs')).out.trim()).toBe(warmLoop);
+    expect((await vm.sh('findmnt /run/liveup/warm/5')).rc).not.toBe(0);
     expect((await vm.sh("dpkg-query -W -f '${Version}' libc6")).out.trim()).toBe(generationJson(gen[5]).changes[0]!.version);
     expect((await vm.sh('cat /etc/machine-id')).out.trim()).toBe(machineId); // the same machine
     // The old userspace went down without trying to unmount what the old and new roots sit on
@@ -156,7 +167,7 @@ describe.skipIf(!RUN)('VM: maintenance window, a killed replay, a failing genera
     // closed by the new userspace's agent seeing 5 booted.
     // With the agent's timeline until systemd took over (noted before soft-reboot.target started).
     expect(await history()).toContainEqual(expect.objectContaining({
-      kind: 'apply', version: 5, status: 'succeeded', message: expect.stringMatching(/^soft-reboot into 5.*\[check \d+\.\d\d s, stage \d+\.\d\d s, decide \d+\.\d\d s, (fleet-lock \d+\.\d\d s, )?nextroot \d+\.\d\d s, hand-over \d+\.\d\d s/),
+      kind: 'apply', version: 5, status: 'succeeded', message: expect.stringMatching(/^soft-reboot into 5.*\[check \d+\.\d\d s, decide \d+\.\d\d s, (fleet-lock \d+\.\d\d s, )?nextroot \d+\.\d\d s, hand-over \d+\.\d\d s/),
     }));
     expect((await onEndpoint())!.machine.report).toMatchObject({ bootedVersion: 5, health: 'good' });
   }, 120 * 60_000);

@@ -94,7 +94,8 @@ export function nextRootPlan(o: NextRootOptions): MountStep[] {
 }
 
 /** `s` as one shell word. */
-const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+export const shellWord = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+const q = shellWord;
 
 /**
  * Mount the plan; on failure unmount what was mounted, newest first, and

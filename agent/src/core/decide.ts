@@ -139,3 +139,17 @@ export function decide(input: DecideInput): Decision {
   if (input.fleetLock === 'denied') return wait(later, 'the fleet lock has no free reboot slot');
   return { action: choice.action, target: v, reason: choice.reason };
 }
+
+/**
+ * The generation to read into memory ahead of its soft-reboot
+ * (adapters/prewarm.ts): one the decision soft-reboots into, but not now —
+ * it waits (a window, people, a reboot slot) or nobody acts on it (staged by
+ * `--download-only` or a schedule outside the window). null when the switch
+ * runs now (reading ahead would only move the same reads before it) or is
+ * not a soft-reboot (kexec and reboot start from an empty page cache).
+ */
+export function prewarmTarget(d: Decision, actingNow: boolean): number | null {
+  if (d.target === null) return null;
+  if (d.action === 'soft-reboot') return actingNow ? null : d.target;
+  return d.action === 'wait' && d.then === 'soft-reboot' ? d.target : null;
+}
