@@ -118,6 +118,8 @@ async function main(): Promise<void> {
       const t = Date.now();
       const r = await vm!.sh('agentctl update --download-only --json', 900_000);
       if (r.rc !== 0) throw new Error(`staging failed: ${r.out}`);
+      const said = /"message":\s*"([^"]*)"/.exec(r.out)?.[1];
+      if (said) log(`  staged: ${said}`);
       return (Date.now() - t) / 1000;
     };
 

@@ -49,7 +49,7 @@ import type { JsonObject } from './adapters/journal.js';
 import { hostname, uptime } from 'node:os';
 import { loadKexec, paramsToKeep } from './adapters/kexec.js';
 import { handOverToNextRoot, prepareNextRoot, teardownNextRoot } from './adapters/nextroot.js';
-import { dropWarm, prewarm, warmList } from './adapters/prewarm.js';
+import { dropWarm, prewarm, residentFiles, warmList } from './adapters/prewarm.js';
 import { phaseTimer, type PhaseTimer } from './util/phases.js';
 import { mountImage } from './adapters/imagemount.js';
 import { writeFileAtomic, ensureDir } from './util/fsatomic.js';
@@ -524,6 +524,9 @@ export class Agent implements AgentApi {
         if (warm !== null) {
           warmNote = await this.#prewarm(warm);
           phases.mark('prewarm');
+        } else if (decided && this.#config.liveRoot === '/') {
+          // The plan changed (a newer target to kexec into, a replay): an earlier warm mount is of no use.
+          await dropWarm(() => true).catch(() => undefined);
         }
       }
       if (staged === null) {
@@ -557,8 +560,13 @@ export class Agent implements AgentApi {
     try {
       await dropWarm((w) => w !== v);
       const squashfs = join(this.#config.bootDir, 'live', String(v), 'filesystem.squashfs');
-      const r = await prewarm({ squashfs, version: v, files: warmList(await scanProcesses()), maxBytes: this.#config.prewarmMB * 2 ** 20 });
-      this.#log.info({ version: v, ...r }, 'prewarmed for the soft-reboot');
+      // The resident scan is best-effort: without fincore, the mapped files alone.
+      const resident = await residentFiles().catch((e: unknown) => {
+        this.#log.warn({ err: toLiveupError(e).message }, 'prewarm: no list of resident files');
+        return [];
+      });
+      const r = await prewarm({ squashfs, version: v, files: warmList(await scanProcesses(), resident), maxBytes: this.#config.prewarmMB * 2 ** 20 });
+      this.#log.info({ version: v, resident: resident.length, ...r }, 'prewarmed for the soft-reboot');
       return `; ${r.files} of its files (${(r.bytes / 2 ** 20).toFixed(0)} MiB${r.truncated ? ', prewarmMB reached' : ''}) read into memory for the soft-reboot`;
     } catch (e) {
       this.#log.warn({ version: v, err: toLiveupError(e).message }, 'prewarm failed; the soft-reboot will read its files cold');

@@ -7,7 +7,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmp } from '../helpers/tmp.js';
 import { handOverToNextRoot, prepareNextRoot, teardownNextRoot } from '../../agent/src/adapters/nextroot.js';
-import { dropWarm, prewarm, warmMounts } from '../../agent/src/adapters/prewarm.js';
+import { dropWarm, prewarm, residentFiles, warmMounts } from '../../agent/src/adapters/prewarm.js';
 import { bootId } from '../../agent/src/adapters/host.js';
 import { run } from '../../agent/src/adapters/exec.js';
 import type { Runner } from '../../agent/src/adapters/exec.js';
@@ -223,6 +223,21 @@ describe.skipIf(process.getuid?.() !== 0)('prewarm: a staged soft-reboot target 
     } finally {
       init.kill();
     }
+  });
+
+  it('lists the files of a tree that have pages in memory, and only those', async () => {
+    const dir = await tmp();
+    await mkdir(join(dir, 'usr', 'bin'), { recursive: true });
+    for (const f of ['read', 'not read', 'also-read']) await writeFile(join(dir, 'usr', 'bin', f), randomBytes(64 * 1024));
+    // Written pages are in memory: written back and out of the page cache first (GNU dd, nocache), then read two.
+    for (const f of ['read', 'not read', 'also-read']) {
+      execFileSync('sync', [join(dir, 'usr', 'bin', f)]);
+      execFileSync('dd', [`if=${join(dir, 'usr', 'bin', f)}`, 'iflag=nocache', 'count=0', 'status=none']);
+    }
+    for (const f of ['read', 'also-read']) readFileSync(join(dir, 'usr', 'bin', f));
+    expect(resident(join(dir, 'usr', 'bin', 'not read'))).toBe(0);
+    expect(await residentFiles([join(dir, 'usr')])).toEqual([join(dir, 'usr', 'bin', 'also-read'), join(dir, 'usr', 'bin', 'read')]);
+    expect(await residentFiles([join(dir, 'missing')])).toEqual([]);
   });
 
   it('a target that cannot be mounted is an error naming it, and leaves no mount', async () => {

@@ -14,12 +14,14 @@
  * FILE` (≥ 2.29) reuses the loop device already attached read-only to FILE.
  * So the soft-reboot's own mount of the target (nextroot.ts, the same
  * command and path) lands on the superblock warmed here — checked in
- * test/integration/prewarm.test.ts, not assumed.
+ * test/integration/nextroot.test.ts, not assumed.
  *
- * What is read: every file the running processes have mapped (programs and
- * their libraries: systemd's, udevd's, dbus', node's), at the same path in
- * the target, whole, up to a byte budget: the new userspace starts the same
- * programs, whichever of their pages it touches.
+ * What is read, at the same path in the target, whole, up to a byte budget:
+ * every file the running processes have mapped (programs and their
+ * libraries: systemd's, udevd's, dbus', node's), then every other file of
+ * /usr and /etc of which the running image has pages in memory (fincore) —
+ * what the machine's boot and work have read. The new userspace starts the
+ * same programs and reads the same files, whichever of their pages it touches.
  *
  * The mount is made in PID 1's mount namespace (like nextroot's): the agent's
  * unit has one of its own, which dies with the process, and the warmth with
@@ -44,16 +46,38 @@ export const WARM_DIR = '/run/liveup/warm';
 const NOT_IN_IMAGE = /^\/(?:proc|sys|dev|run|tmp|var\/tmp|memfd:|SYSV|\[)/;
 
 /**
- * The files to read, from the running processes: each mapped file once, in
- * the order first seen (PID order: systemd and the early services come first,
- * so a budget cuts what starts last).
+ * The files to read, each once: first what the running processes have mapped,
+ * in the order first seen (PID order: systemd and the early services come
+ * first), then the other files of the image the machine has in memory
+ * (`resident`): a budget cuts the least sure last.
  */
-export function warmList(procs: readonly ProcessInfo[]): string[] {
+export function warmList(procs: readonly ProcessInfo[], resident: readonly string[] = []): string[] {
   const out = new Set<string>();
-  for (const p of [...procs].sort((a, b) => a.pid - b.pid)) {
-    for (const f of p.files) if (f.startsWith('/') && !NOT_IN_IMAGE.test(f)) out.add(f);
-  }
+  const mapped = [...procs].sort((a, b) => a.pid - b.pid).flatMap((p) => p.files);
+  for (const f of [...mapped, ...resident]) if (f.startsWith('/') && !NOT_IN_IMAGE.test(f)) out.add(f);
   return [...out];
+}
+
+/** fincore's raw output: "RES FILE" a line, unsafe characters of FILE as \xHH. */
+export function parseFincore(out: string): string[] {
+  const files: string[] = [];
+  for (const line of out.split('\n')) {
+    const m = /^(\d+) (.+)$/.exec(line);
+    if (m && Number(m[1]) > 0) files.push(m[2]!.replace(/\\x([0-9a-fA-F]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16))));
+  }
+  return files;
+}
+
+/**
+ * The files under `dirs` with pages in memory (util-linux fincore), in path
+ * order: what this machine has read of its image since it booted — the
+ * programs its boot ran and that are gone since (kmod, systemd-tmpfiles, the
+ * boot check's shell) as much as configuration and data files. A soft-reboot
+ * runs the same boot again.
+ */
+export async function residentFiles(dirs: readonly string[] = ['/usr', '/etc'], runner: Runner = defaultRun): Promise<string[]> {
+  const r = await runner('sh', ['-c', `find ${dirs.map(q).join(' ')} -xdev -type f -print0 | xargs -0 -r fincore --noheadings --raw --bytes --output RES,FILE 2>/dev/null || true`], { timeoutMs: 300_000 });
+  return parseFincore(r.stdout).sort();
 }
 
 export interface WarmResult {
