@@ -240,7 +240,7 @@ export class Agent implements AgentApi {
     for (const r of removed) this.#log.warn({ path: r }, 'removed a half-staged generation');
     if (removed.length) this.#journal.event({ kind: 'reconciled', message: `removed half-staged ${removed.join(', ')}` });
     if (this.#booted !== null) await this.#recordBoot(this.#booted);
-    // Warm mounts of what now runs (carried over in /run by the soft-reboot into it) or older are done with.
+    // Warm mounts (prewarm.ts) of what now runs or older, left by an agent stopped before its switch, are done with.
     const booted = this.#booted;
     if (this.#config.liveRoot === '/' && booted !== null) await dropWarm((w) => w <= booted).catch(() => undefined);
     this.#bootId = await this.#host.bootId();
@@ -550,8 +550,9 @@ export class Agent implements AgentApi {
   }
 
   /**
-   * The programs of `v`, a soft-reboot decided for later, read into memory now
-   * (adapters/prewarm.ts), after dropping any other generation's. Only on a
+   * What the machine runs and reads, from `v`'s image, a soft-reboot decided for
+   * later, read into memory now (adapters/prewarm.ts), after dropping any other
+   * generation's warm mount. Only on a
    * machine; never fails the update — without it the switch is only slower.
    * Returns the note for the update's message.
    */

@@ -135,8 +135,9 @@ export interface AgentConfig {
   readonly freeSpaceReserveMB: number;
   /**
    * A soft-reboot decided for later (a window, people logged in): at most this
-   * many MiB of the target's programs are read into memory when it is staged,
-   * so the switch does not read them cold (adapters/prewarm.ts; default 512,
+   * many MiB of the target's files the machine uses (its programs and
+   * libraries first) are read into memory when it is staged, so the switch
+   * does not read them cold (adapters/prewarm.ts; default 512,
    * 0 turns it off).
    */
   readonly prewarmMB: number;

@@ -238,6 +238,9 @@ describe.skipIf(process.getuid?.() !== 0)('prewarm: a staged soft-reboot target 
     expect(resident(join(dir, 'usr', 'bin', 'not read'))).toBe(0);
     expect(await residentFiles([join(dir, 'usr')])).toEqual([join(dir, 'usr', 'bin', 'also-read'), join(dir, 'usr', 'bin', 'read')]);
     expect(await residentFiles([join(dir, 'missing')])).toEqual([]);
+    // Without fincore (the package's Depends util-linux-extra not there): an error saying so.
+    const noFincore: Runner = (cmd, args, opts) => run(cmd, args, { ...opts, env: { PATH: join(dir, 'no-tools') } });
+    await expect(residentFiles([join(dir, 'usr')], noFincore)).rejects.toThrow(/fincore not found \(util-linux-extra\)/);
   });
 
   it('a target that cannot be mounted is an error naming it, and leaves no mount', async () => {

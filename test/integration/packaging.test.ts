@@ -147,7 +147,7 @@ describe.skipIf(!isRoot || !existsSync('/usr/bin/dpkg-deb'))('packaging/build', 
     expect(controlField(info, 'Package')).toBe('liveup-agent');
     expect(controlField(info, 'Architecture')).toBe('amd64');
     const depends = dependsNames(controlField(info, 'Depends'));
-    for (const d of ['nodejs', 'kexec-tools', 'squashfs-tools', 'grub-common', 'dbus', 'live-boot', 'libc6']) expect(depends).toContain(d);
+    for (const d of ['nodejs', 'kexec-tools', 'squashfs-tools', 'grub-common', 'dbus', 'live-boot', 'util-linux-extra', 'libc6']) expect(depends).toContain(d);
     expect(controlField(info, 'Depends')).toMatch(/nodejs \(>= 20\.19~\), nodejs \(<< 21~\)/);
 
     const ctl = await mkdtemp(join(tmpdir(), 'liveup-ctl-'));

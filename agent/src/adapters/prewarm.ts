@@ -76,7 +76,10 @@ export function parseFincore(out: string): string[] {
  * runs the same boot again.
  */
 export async function residentFiles(dirs: readonly string[] = ['/usr', '/etc'], runner: Runner = defaultRun): Promise<string[]> {
-  const r = await runner('sh', ['-c', `find ${dirs.map(q).join(' ')} -xdev -type f -print0 | xargs -0 -r fincore --noheadings --raw --bytes --output RES,FILE 2>/dev/null || true`], { timeoutMs: 300_000 });
+  // fincore (util-linux-extra, a Depends of the package) missing is an error the caller logs; a
+  // file gone or unreadable in the scan is not (`|| true`: what was listed stays usable).
+  const r = await runner('sh', ['-c', `command -v fincore >/dev/null || { echo 'fincore not found (util-linux-extra)' >&2; exit 127; }
+find ${dirs.map(q).join(' ')} -xdev -type f -print0 | xargs -0 -r fincore --noheadings --raw --bytes --output RES,FILE 2>/dev/null || true`], { timeoutMs: 300_000 });
   return parseFincore(r.stdout).sort();
 }
 
