@@ -561,8 +561,8 @@ export class Agent implements AgentApi {
     try {
       await dropWarm((w) => w !== v);
       const squashfs = join(this.#config.bootDir, 'live', String(v), 'filesystem.squashfs');
-      // The resident scan is best-effort: without fincore, the mapped files alone.
-      const resident = await residentFiles().catch((e: unknown) => {
+      // The resident scan is best-effort: without it, the mapped files alone.
+      const resident = await this.#residentInImage().catch((e: unknown) => {
         this.#log.warn({ err: toLiveupError(e).message }, 'prewarm: no list of resident files');
         return [];
       });
@@ -572,6 +572,25 @@ export class Agent implements AgentApi {
     } catch (e) {
       this.#log.warn({ version: v, err: toLiveupError(e).message }, 'prewarm failed; the soft-reboot will read its files cold');
       return '';
+    }
+  }
+
+  /**
+   * The running image's files in memory (prewarm.ts residentFiles), scanned in
+   * the image itself: the lower layer of the overlay on `/` (live-boot's), or,
+   * after a soft-reboot, where that layer is no longer reachable, the booted
+   * squashfs mounted from the medium — `mount -o ro,loop` reuses the root's
+   * loop device, so it is the same page cache.
+   */
+  async #residentInImage(): Promise<string[]> {
+    const lower = await hostFacts.rootLowerDir();
+    if (lower !== null && (await stat(join(lower, 'usr')).then(() => true, () => false))) return residentFiles(lower);
+    if (this.#booted === null) return [];
+    const unmount = await mountImage(join(this.#config.bootDir, 'live', String(this.#booted), 'filesystem.squashfs'), join(this.#config.stateDir, 'prewarm-image'));
+    try {
+      return await residentFiles(join(this.#config.stateDir, 'prewarm-image'));
+    } finally {
+      await unmount();
     }
   }
 

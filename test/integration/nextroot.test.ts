@@ -225,22 +225,30 @@ describe.skipIf(process.getuid?.() !== 0)('prewarm: a staged soft-reboot target 
     }
   });
 
-  it('lists the files of a tree that have pages in memory, and only those', async () => {
+  it('lists the files of the running image that have pages in memory, read through the overlay on it, and only those', async () => {
     const dir = await tmp();
-    await mkdir(join(dir, 'usr', 'bin'), { recursive: true });
-    for (const f of ['read', 'not read', 'also-read']) await writeFile(join(dir, 'usr', 'bin', f), randomBytes(64 * 1024));
-    // Written pages are in memory: written back and out of the page cache first (GNU dd, nocache), then read two.
-    for (const f of ['read', 'not read', 'also-read']) {
-      execFileSync('sync', [join(dir, 'usr', 'bin', f)]);
-      execFileSync('dd', [`if=${join(dir, 'usr', 'bin', f)}`, 'iflag=nocache', 'count=0', 'status=none']);
+    const image = join(dir, 'image');
+    const over = { upper: join(dir, 'up'), work: join(dir, 'work'), root: join(dir, 'root') };
+    for (const d of [image, ...Object.values(over)]) await mkdir(d);
+    const squashfs = await imageWithPrograms(dir);
+    execFileSync('mount', ['-t', 'squashfs', '-o', 'ro,loop', squashfs, image]);
+    try {
+      execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${image},upperdir=${over.upper},workdir=${over.work}`, over.root]);
+      try {
+        // As the machine runs: its programs are read through the overlay on / .
+        readFileSync(join(over.root, 'usr/bin/prog'));
+        readFileSync(join(over.root, 'usr/lib/libbig.so'));
+        expect(await residentFiles(image)).toEqual(['/usr/bin/prog', '/usr/lib/libbig.so']);
+        expect(await residentFiles(image, ['missing'])).toEqual([]);
+        // Without fincore (the package's Depends util-linux-extra not there): an error saying so.
+        const noFincore: Runner = (cmd, args, opts) => run(cmd, args, { ...opts, env: { PATH: join(dir, 'no-tools') } });
+        await expect(residentFiles(image, ['usr'], noFincore)).rejects.toThrow(/fincore not found \(util-linux-extra\)/);
+      } finally {
+        execFileSync('umount', [over.root]);
+      }
+    } finally {
+      execFileSync('umount', [image]);
     }
-    for (const f of ['read', 'also-read']) readFileSync(join(dir, 'usr', 'bin', f));
-    expect(resident(join(dir, 'usr', 'bin', 'not read'))).toBe(0);
-    expect(await residentFiles([join(dir, 'usr')])).toEqual([join(dir, 'usr', 'bin', 'also-read'), join(dir, 'usr', 'bin', 'read')]);
-    expect(await residentFiles([join(dir, 'missing')])).toEqual([]);
-    // Without fincore (the package's Depends util-linux-extra not there): an error saying so.
-    const noFincore: Runner = (cmd, args, opts) => run(cmd, args, { ...opts, env: { PATH: join(dir, 'no-tools') } });
-    await expect(residentFiles([join(dir, 'usr')], noFincore)).rejects.toThrow(/fincore not found \(util-linux-extra\)/);
   });
 
   it('a target that cannot be mounted is an error naming it, and leaves no mount', async () => {

@@ -69,18 +69,25 @@ export function parseFincore(out: string): string[] {
 }
 
 /**
- * The files under `dirs` with pages in memory (util-linux fincore), in path
- * order: what this machine has read of its image since it booted — the
- * programs its boot ran and that are gone since (kmod, systemd-tmpfiles, the
- * boot check's shell) as much as configuration and data files. A soft-reboot
- * runs the same boot again.
+ * The files of the image tree at `root` with pages in memory (util-linux
+ * fincore), as paths in the image (`/usr/bin/kmod`), in path order: what
+ * this machine has read of its image since it booted — the programs its boot
+ * ran and that are gone since (kmod, systemd-tmpfiles, the boot check's
+ * shell) as much as configuration and data files. A soft-reboot runs the
+ * same boot again.
+ *
+ * `root` must be the image itself (the squashfs mount), not the overlay on
+ * `/`: trixie's fincore (util-linux 2.41) asks cachestat(2) about the file it
+ * opens, and an overlay file's own page cache is empty — every file showed
+ * 0 bytes there (bench/live run 24), while the squashfs below had them.
  */
-export async function residentFiles(dirs: readonly string[] = ['/usr', '/etc'], runner: Runner = defaultRun): Promise<string[]> {
+export async function residentFiles(root: string, dirs: readonly string[] = ['usr', 'etc'], runner: Runner = defaultRun): Promise<string[]> {
   // fincore (util-linux-extra, a Depends of the package) missing is an error the caller logs; a
   // file gone or unreadable in the scan is not (`|| true`: what was listed stays usable).
   const r = await runner('sh', ['-c', `command -v fincore >/dev/null || { echo 'fincore not found (util-linux-extra)' >&2; exit 127; }
-find ${dirs.map(q).join(' ')} -xdev -type f -print0 | xargs -0 -r fincore --noheadings --raw --bytes --output RES,FILE 2>/dev/null || true`], { timeoutMs: 300_000 });
-  return parseFincore(r.stdout).sort();
+find ${dirs.map((d) => q(join(root, d))).join(' ')} -xdev -type f -print0 | xargs -0 -r fincore --noheadings --raw --bytes --output RES,FILE 2>/dev/null || true`], { timeoutMs: 300_000 });
+  const prefix = root.replace(/\/+$/, '');
+  return parseFincore(r.stdout).filter((f) => f.startsWith(`${prefix}/`)).map((f) => f.slice(prefix.length)).sort();
 }
 
 export interface WarmResult {
