@@ -6,8 +6,8 @@
  * the target's squashfs, a file the page cache has never seen, decompressed
  * at first touch. In bench/live (QEMU TCG) the new agent took 8-9 s from its
  * exec to its first log line (1.8-2.3 s with its files in memory; node alone
- * maps 75 MB of libnode and ICU); with this, the whole soft-reboot went from
- * 33.3 to 26.1 s.
+ * maps 75 MB of libnode and ICU). Read ahead, the new agent's start went from
+ * 8.4-9.5 s to 4.2-7.5 s (bench/live runs 18-20 against 21-24; README).
  *
  * Why it survives into the switch: the page cache of a squashfs belongs to
  * its superblock, one per block device, and util-linux's `mount -o ro,loop
