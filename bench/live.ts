@@ -20,9 +20,9 @@
  * Each target is staged first (`agentctl update --download-only`: fetch,
  * SHA-512, signature, staging), as the agent does on its schedule before a
  * window opens; that time is printed on its own rows. For the soft-reboot's
- * target, staging includes the agent's prewarm (adapters/prewarm.ts: the
- * programs the machine runs, read from the target's image into memory so the
- * new userspace does not read them cold); a switch long after staging may
+ * target, staging includes the agent's prewarm (adapters/prewarm.ts: what
+ * the machine runs and has read of its image, read from the target's image
+ * into memory so the new userspace does not read it cold); a switch long after staging may
  * find those pages reclaimed, and is then as slow as without.
  *
  * The generations are the VM suite's (cached under /var/cache/liveup/vm):
