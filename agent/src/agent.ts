@@ -242,7 +242,7 @@ export class Agent implements AgentApi {
     if (this.#booted !== null) await this.#recordBoot(this.#booted);
     // Warm mounts (prewarm.ts) of what now runs or older, left by an agent stopped before its switch, are done with.
     const booted = this.#booted;
-    if (this.#config.liveRoot === '/' && booted !== null) await dropWarm((w) => w <= booted).catch(() => undefined);
+    if (booted !== null) await this.#dropWarm((w) => w <= booted);
     this.#bootId = await this.#host.bootId();
     await recoverInterruptedApply({ dpkg: this.#dpkg(), journal: this.#journal, log: this.#log, bootId: this.#bootId });
   }
@@ -524,9 +524,9 @@ export class Agent implements AgentApi {
         if (warm !== null) {
           warmNote = await this.#prewarm(warm);
           phases.mark('prewarm');
-        } else if (decided && this.#config.liveRoot === '/') {
+        } else if (decided) {
           // The plan changed (a newer target to kexec into, a replay): an earlier warm mount is of no use.
-          await dropWarm(() => true).catch(() => undefined);
+          await this.#dropWarm(() => true);
         }
       }
       if (staged === null) {
@@ -552,14 +552,14 @@ export class Agent implements AgentApi {
   /**
    * What the machine runs and reads, from `v`'s image, a soft-reboot decided for
    * later, read into memory now (adapters/prewarm.ts), after dropping any other
-   * generation's warm mount. Only on a
-   * machine; never fails the update — without it the switch is only slower.
+   * generation's warm mount. Only on a machine; never fails the update —
+   * without it the switch is only slower.
    * Returns the note for the update's message.
    */
   async #prewarm(v: number): Promise<string> {
     if (this.#config.liveRoot !== '/' || this.#config.prewarmMB === 0) return '';
     try {
-      await dropWarm((w) => w !== v);
+      await this.#dropWarm((w) => w !== v);
       const squashfs = join(this.#config.bootDir, 'live', String(v), 'filesystem.squashfs');
       // The resident scan is best-effort: without it, the mapped files alone.
       const resident = await this.#residentInImage().catch((e: unknown) => {
@@ -575,6 +575,11 @@ export class Agent implements AgentApi {
     }
   }
 
+  /** Warm mounts (prewarm.ts) dropped where `drop` holds; only on a machine, and never an error: a mount left is only memory. */
+  async #dropWarm(drop: (version: number) => boolean): Promise<void> {
+    if (this.#config.liveRoot === '/') await dropWarm(drop).catch(() => undefined);
+  }
+
   /**
    * The running image's files in memory (prewarm.ts residentFiles), scanned in
    * the image itself: the lower layer of the overlay on `/` (live-boot's), or,
@@ -586,9 +591,10 @@ export class Agent implements AgentApi {
     const lower = await hostFacts.rootLowerDir();
     if (lower !== null && (await stat(join(lower, 'usr')).then(() => true, () => false))) return residentFiles(lower);
     if (this.#booted === null) return [];
-    const unmount = await mountImage(join(this.#config.bootDir, 'live', String(this.#booted), 'filesystem.squashfs'), join(this.#config.stateDir, 'prewarm-image'));
+    const image = join(this.#config.stateDir, 'prewarm-image');
+    const unmount = await mountImage(join(this.#config.bootDir, 'live', String(this.#booted), 'filesystem.squashfs'), image);
     try {
-      return await residentFiles(join(this.#config.stateDir, 'prewarm-image'));
+      return await residentFiles(image);
     } finally {
       await unmount();
     }
@@ -922,7 +928,7 @@ export class Agent implements AgentApi {
     for (const v of remove) {
       freed += await this.#sizeOf(v);
       // A warm mount (prewarm.ts) holds the squashfs open: released first.
-      if (this.#config.liveRoot === '/') await dropWarm((w) => w === v).catch(() => undefined);
+      await this.#dropWarm((w) => w === v);
       await this.#step('gc', v, () => removeGeneration(this.#config.bootDir, v));
       const g = this.#journal.getGeneration(v);
       if (g && g.state !== 'failed') this.#journal.setState(v, 'removed');

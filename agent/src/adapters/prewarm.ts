@@ -32,10 +32,10 @@
  * under memory pressure like any, so a switch long after staging may find
  * them gone and is as fast as without.
  */
-import { open, readFile, stat } from 'node:fs/promises';
+import { open, readFile, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run as defaultRun, type Runner } from './exec.js';
-import { namespaceOf, shellWord as q } from './nextroot.js';
+import { namespaceOf, shellWord as q, teardownNextRoot } from './nextroot.js';
 import { mountPoints } from '../util/mountinfo.js';
 import type { ProcessInfo } from '../core/liveapply.js';
 
@@ -162,9 +162,10 @@ export async function warmMounts(o: { dir?: string; initPid?: number } = {}): Pr
 export async function dropWarm(drop: (version: number) => boolean, o: { dir?: string; initPid?: number } = {}, runner: Runner = defaultRun): Promise<number[]> {
   const dir = o.dir ?? WARM_DIR;
   const gone = (await warmMounts(o)).filter(drop);
-  if (gone.length === 0) return [];
+  const mounts = gone.map((v) => join(dir, String(v)));
+  // The same lazy unmount in PID 1's namespace as a refused soft-reboot's new root.
+  await teardownNextRoot(mounts, runner, o.initPid);
   const ns = await namespaceOf(o.initPid ?? 1);
-  const script = gone.map((v) => `umount -l ${q(join(dir, String(v)))} 2>/dev/null || true; rmdir ${q(join(dir, String(v)))} 2>/dev/null || true`).join('\n');
-  await runner(...ns.command('sh', ['-c', script]), { timeoutMs: 60_000 });
+  for (const m of mounts) await rmdir(ns.path(m)).catch(() => undefined);
   return gone;
 }
