@@ -39,7 +39,6 @@ if (!opt.dir || !opt.summary || opt.entries.length === 0) {
   process.exit(2);
 }
 
-
 const entryPoints = Object.fromEntries(opt.entries.map((e) => [basename(e), join(opt.dir, e)]));
 const result = await build({
   absWorkingDir: opt.dir,

@@ -128,16 +128,21 @@ for (const e of opt.entries) {
   // The entry builds into a blob and runs from it (here with this node, on the
   // machine with its own): a module that cannot be snapshotted fails the build.
   const tmp = mkdtempSync(join(tmpdir(), 'liveup-snapshot-'));
+  let failed = null;
   try {
     const node = (more) => execFileSync(process.execPath, [...flags.split(/\s+/).filter(Boolean), '--snapshot-blob', join(tmp, 'blob'), ...more],
       { cwd: join(opt.dir, 'app', 'snapshot'), stdio: ['ignore', 'ignore', 'pipe'] });
     node(['--build-snapshot', `${prog}.cjs`]);
     node(['--', '--help']);
   } catch (err) {
-    console.error(`snapshot: ${prog}'s startup snapshot entry does not build or run:\n${err.stderr ?? err.message}`);
-    process.exit(1);
+    failed = err;
   } finally {
     rmSync(tmp, { recursive: true, force: true });
+  }
+  // Exited after the finally: process.exit() inside the try skipped it and left the blob's directory.
+  if (failed) {
+    console.error(`snapshot: ${prog}'s startup snapshot entry does not build or run:\n${failed.stderr ?? failed.message}`);
+    process.exit(1);
   }
 }
 process.stderr.write(`snapshot: ${opt.entries.length} snapshot entr${opt.entries.length === 1 ? 'y' : 'ies'} in app/snapshot/\n`);
