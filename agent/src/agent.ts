@@ -32,7 +32,7 @@ import {
 } from './dbus/api.js';
 import type { Logger } from './util/log.js';
 import { AGENT_VERSION } from './version.js';
-import { decide, prewarmTarget, type Decision, type PendingGeneration } from './core/decide.js';
+import { decide, switchAhead, type Decision, type PendingGeneration } from './core/decide.js';
 import { windowState } from './core/window.js';
 import { rolloutTurn } from './core/rollout.js';
 import type { RebootStrategy } from './config.js';
@@ -47,7 +47,7 @@ import * as hostFacts from './adapters/host.js';
 import type { FleetReporter } from './adapters/fleet.js';
 import type { JsonObject } from './adapters/journal.js';
 import { hostname, uptime } from 'node:os';
-import { loadKexec, paramsToKeep } from './adapters/kexec.js';
+import { ensureKexecLoaded, kexecImageBytes, paramsToKeep, unloadKexec } from './adapters/kexec.js';
 import { handOverToNextRoot, prepareNextRoot, teardownNextRoot } from './adapters/nextroot.js';
 import { dropWarm, prewarm, residentFiles, warmList } from './adapters/prewarm.js';
 import { phaseTimer, type PhaseTimer } from './util/phases.js';
@@ -107,8 +107,9 @@ const NO_HOOKS: SwitchHooks = { mark: () => {}, beforeStart: () => {} };
 const THIS_MACHINE: SwitchActions = {
   async kexec(t, hooks = NO_HOOKS) {
     const keep = paramsToKeep(await readFile('/proc/cmdline', 'utf8').catch(() => ''));
-    await loadKexec({ ...t, keep });
-    hooks.mark('kexec-load');
+    // Loaded when the generation was staged for this switch (the agent's preload), or now.
+    const { preloaded } = await ensureKexecLoaded({ ...t, keep });
+    hooks.mark(preloaded ? 'kexec-preloaded' : 'kexec-load');
     hooks.beforeStart();
     await createSystemd('system').startTarget('kexec.target');
     hooks.mark('start-kexec.target');
@@ -240,9 +241,10 @@ export class Agent implements AgentApi {
     for (const r of removed) this.#log.warn({ path: r }, 'removed a half-staged generation');
     if (removed.length) this.#journal.event({ kind: 'reconciled', message: `removed half-staged ${removed.join(', ')}` });
     if (this.#booted !== null) await this.#recordBoot(this.#booted);
-    // Warm mounts (prewarm.ts) of what now runs or older, left by an agent stopped before its switch, are done with.
+    // What was prepared for a switch to what now runs or older (a warm mount, a loaded kexec image:
+    // a soft-reboot keeps both), left by an agent stopped before its switch, is done with.
     const booted = this.#booted;
-    if (booted !== null) await this.#dropWarm((w) => w <= booted);
+    if (booted !== null) await this.#dropAhead((w) => w <= booted);
     this.#bootId = await this.#host.bootId();
     await recoverInterruptedApply({ dpkg: this.#dpkg(), journal: this.#journal, log: this.#log, bootId: this.#bootId });
   }
@@ -514,19 +516,26 @@ export class Agent implements AgentApi {
           return null;
         });
         phases.mark('decide');
+        if (decided) {
+          // What an earlier plan prepared and this one does not use (another generation, another kind of
+          // switch: a warm mount, a loaded kexec image) is only memory held: dropped before anything else.
+          const d = decided.decision;
+          const plan = d.action === 'wait' ? d.then : d.action;
+          await this.#dropAhead((w, kind) => !(kind === plan && w === d.target));
+        }
         if (decided?.decision.action === 'wait') waitNote = `; ${decided.decision.reason}`;
         if (decided && live && decided.decision.action === 'live-apply') return await this.#applyLive(decided.chain);
         if (decided && act && !opts.applyLive && ['soft-reboot', 'kexec', 'reboot'].includes(decided.decision.action)) return await this.#switchTo(decided.decision, decided.chain, phases);
         if (decided && opts.applyLive) {
           throw new LiveupError('LIVE_APPLY_REFUSED', `no live replay to ${decided.decision.target}: ${decided.decision.reason}`, { version: decided.decision.target ?? 0 });
         }
-        const warm = decided ? prewarmTarget(decided.decision, act) : null;
-        if (warm !== null) {
-          warmNote = await this.#prewarm(warm);
+        const ahead = decided ? switchAhead(decided.decision, act) : null;
+        if (ahead?.action === 'soft-reboot') {
+          warmNote = await this.#prewarm(ahead.version);
           phases.mark('prewarm');
-        } else if (decided) {
-          // The plan changed (a newer target to kexec into, a replay): an earlier warm mount is of no use.
-          await this.#dropWarm(() => true);
+        } else if (ahead?.action === 'kexec') {
+          warmNote = await this.#preloadKexec(ahead.version, decided!.chain);
+          phases.mark('kexec-preload');
         }
       }
       if (staged === null) {
@@ -559,7 +568,6 @@ export class Agent implements AgentApi {
   async #prewarm(v: number): Promise<string> {
     if (this.#config.liveRoot !== '/' || this.#config.prewarmMB === 0) return '';
     try {
-      await this.#dropWarm((w) => w !== v);
       const squashfs = join(this.#config.bootDir, 'live', String(v), 'filesystem.squashfs');
       // The resident scan is best-effort: without it, the mapped files alone.
       const resident = await this.#residentInImage().catch((e: unknown) => {
@@ -575,9 +583,47 @@ export class Agent implements AgentApi {
     }
   }
 
-  /** Warm mounts (prewarm.ts) dropped where `drop` holds; only on a machine, and never an error: a mount left is only memory. */
-  async #dropWarm(drop: (version: number) => boolean): Promise<void> {
-    if (this.#config.liveRoot === '/') await dropWarm(drop).catch(() => undefined);
+  /**
+   * A kexec decided for later: `v`'s kernel and initrd loaded now
+   * (adapters/kexec.ts ensureKexecLoaded), so the switch does not load them
+   * in its downtime. The image is held in memory until the switch, so only
+   * when kernel and initrd fit in `prewarmMB`. Only on a machine; never fails
+   * the update — the switch loads what is not loaded. Returns the note for
+   * the update's message.
+   */
+  async #preloadKexec(v: number, chain: readonly VerifiedManifest[]): Promise<string> {
+    if (this.#config.liveRoot !== '/' || this.#config.prewarmMB === 0) return '';
+    try {
+      const target = { bootDir: this.#config.bootDir, version: v, cmdline: await this.#kexecCmdline(v, chain) };
+      const bytes = await kexecImageBytes(target);
+      const mib = (bytes / 2 ** 20).toFixed(0);
+      if (bytes > this.#config.prewarmMB * 2 ** 20) return `; its kernel and initrd (${mib} MiB) are more than prewarmMB: the kexec will load them`;
+      const keep = paramsToKeep(await readFile('/proc/cmdline', 'utf8').catch(() => ''));
+      const r = await ensureKexecLoaded({ ...target, keep });
+      this.#log.info({ version: v, bytes, already: r.preloaded }, 'kexec image loaded ahead of the switch');
+      return `; its kernel and initrd (${mib} MiB) ${r.preloaded ? 'are' : 'now'} loaded for the kexec`;
+    } catch (e) {
+      const err = toLiveupError(e);
+      this.#log.warn({ version: v, err: err.message }, 'kexec preload failed; the switch will load the kernel itself');
+      return `; the kexec's kernel could not be loaded ahead (${err.message}): the switch will try again`;
+    }
+  }
+
+  /**
+   * What was prepared ahead of a switch — warm mounts (prewarm.ts), the
+   * loaded kexec image (kexec.ts) — dropped where `drop(version, kind)`
+   * holds; only on a machine, and never an error: what is left is only memory.
+   */
+  async #dropAhead(drop: (version: number, kind: 'soft-reboot' | 'kexec') => boolean): Promise<void> {
+    if (this.#config.liveRoot !== '/') return;
+    await dropWarm((w) => drop(w, 'soft-reboot')).catch(() => undefined);
+    const unloaded = await unloadKexec((w) => drop(w, 'kexec')).catch(() => null);
+    if (unloaded !== null) this.#log.info({ version: unloaded }, 'kexec image unloaded: no longer the plan');
+  }
+
+  /** The kernel command line of `v`'s manifest: verified by the decision moments ago, or the staged one. */
+  async #kexecCmdline(v: number, chain: readonly VerifiedManifest[]): Promise<string> {
+    return (chain.find((m) => m.manifest.version === v) ?? (await this.#stagedManifest(v))).manifest.kernel.cmdline;
   }
 
   /**
@@ -800,7 +846,7 @@ export class Agent implements AgentApi {
     };
     if (d.action === 'kexec') {
       // The decision verified the target's manifest moments ago: no second verification on the critical path.
-      const cmdline = (chain.find((m) => m.manifest.version === v) ?? (await this.#stagedManifest(v))).manifest.kernel.cmdline;
+      const cmdline = await this.#kexecCmdline(v, chain);
       await this.#step('kexec', v, (id) => actions.kexec({ bootDir: this.#config.bootDir, version: v, cmdline }, hooks(id)), () => timed(`kexec into ${v}: kernel loaded, kexec.target started`));
       return { version: v, outcome: 'kexec-scheduled', message: `switching to generation ${v} with kexec: ${d.reason}` };
     }
@@ -927,8 +973,8 @@ export class Agent implements AgentApi {
     let freed = 0;
     for (const v of remove) {
       freed += await this.#sizeOf(v);
-      // A warm mount (prewarm.ts) holds the squashfs open: released first.
-      await this.#dropWarm((w) => w === v);
+      // A warm mount (prewarm.ts) holds the squashfs open: released first; a loaded kexec image is of no use.
+      await this.#dropAhead((w) => w === v);
       await this.#step('gc', v, () => removeGeneration(this.#config.bootDir, v));
       const g = this.#journal.getGeneration(v);
       if (g && g.state !== 'failed') this.#journal.setState(v, 'removed');

@@ -134,11 +134,13 @@ export interface AgentConfig {
   /** Space left free on the boot medium and state dir after staging, in MiB (default 64). */
   readonly freeSpaceReserveMB: number;
   /**
-   * A soft-reboot decided for later (a window, people logged in): at most this
-   * many MiB of the target's files the machine uses (its programs and
-   * libraries first) are read into memory when it is staged, so the switch
-   * does not read them cold (adapters/prewarm.ts; default 512,
-   * 0 turns it off).
+   * Memory spent ahead of a switch decided for later (a window, people logged
+   * in), when its target is staged, so the switch's downtime does not pay for
+   * it (default 512, 0 turns both off): a soft-reboot's target has at most
+   * this many MiB of the files the machine uses (its programs and libraries
+   * first) read into memory (adapters/prewarm.ts); a kexec's kernel and
+   * initrd are loaded, and held until the switch, when together they are
+   * no larger (adapters/kexec.ts).
    */
   readonly prewarmMB: number;
   readonly fetch: FetchConfig;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decide, prewarmTarget, RECHECK_MS, type Decision, type DecideInput, type PendingGeneration } from '../../agent/src/core/decide.js';
+import { decide, switchAhead, RECHECK_MS, type Decision, type DecideInput, type PendingGeneration } from '../../agent/src/core/decide.js';
 import { windowState } from '../../agent/src/core/window.js';
 import type { MaintenanceWindow } from '../../agent/src/config.js';
 
@@ -91,20 +91,24 @@ describe('windowState', () => {
   });
 });
 
-describe('prewarmTarget: which staged generation to read into memory ahead of its switch', () => {
+describe('switchAhead: which staged switch to prepare (prewarm, kexec preload) before it runs', () => {
   const d = (o: Partial<Decision>): Decision => ({ action: 'nothing', target: 4, reason: 'r', ...o });
-  const rows: [string, Decision, boolean, number | null][] = [
-    ['a soft-reboot nobody acts on now (staged only)', d({ action: 'soft-reboot' }), false, 4],
+  const soft = { action: 'soft-reboot', version: 4 };
+  const kexec = { action: 'kexec', version: 4 };
+  const rows: [string, Decision, boolean, object | null][] = [
+    ['a soft-reboot nobody acts on now (staged only)', d({ action: 'soft-reboot' }), false, soft],
     ['a soft-reboot carried out now: nothing to gain', d({ action: 'soft-reboot' }), true, null],
-    ['a soft-reboot waiting for its window, even on a scheduled run', d({ action: 'wait', then: 'soft-reboot' }), true, 4],
-    ['a kexec waiting: a new kernel starts from an empty page cache', d({ action: 'wait', then: 'kexec' }), false, null],
-    ['kexec', d({ action: 'kexec' }), false, null],
+    ['a soft-reboot waiting for its window, even on a scheduled run', d({ action: 'wait', then: 'soft-reboot' }), true, soft],
+    ['a kexec waiting for its window', d({ action: 'wait', then: 'kexec' }), true, kexec],
+    ['a kexec nobody acts on now (staged only)', d({ action: 'kexec' }), false, kexec],
+    ['a kexec carried out now: it loads the kernel itself', d({ action: 'kexec' }), true, null],
+    ['a reboot, now or waiting: firmware and GRUB start from nothing', d({ action: 'wait', then: 'reboot' }), false, null],
     ['reboot', d({ action: 'reboot' }), false, null],
     ['a live replay', d({ action: 'live-apply' }), false, null],
     ['stage-only: no switch is planned', d({ action: 'stage-only' }), false, null],
     ['nothing to do', d({ action: 'nothing', target: null }), false, null],
   ];
   it.each(rows)('%s', (_, decision, actingNow, want) => {
-    expect(prewarmTarget(decision, actingNow)).toBe(want);
+    expect(switchAhead(decision, actingNow)).toEqual(want);
   });
 });

@@ -21,8 +21,10 @@
  *    systemd's reboot), the rollback is journalled, and 2 is not taken again
  *    on its own.
  * 6. kexec: generation 3 adds a kernel package; with the machine's policy set
- *    to kexec, `agentctl update --now` switches without firmware or GRUB, and
- *    3's kernel runs and passes its boot check.
+ *    to kexec, `agentctl update --download-only` stages it and loads its
+ *    kernel (`/sys/kernel/kexec_loaded`), a changed policy unloads it, and
+ *    `agentctl update --now` switches with the loaded kernel, without firmware
+ *    or GRUB; 3's kernel runs and passes its boot check.
  * Throughout, the machine is enrolled with `liveup fleet serve` and shows
  * there with what it runs, before and after the reboot, as one machine.
  */
@@ -167,10 +169,24 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect((await onEndpoint())!.machine.report).toMatchObject({ bootedVersion: 1 });
 
     // kexec: generation 3 changes the kernel package, so it cannot be replayed live. With the machine's own
-    // policy set to kexec (a local drop-in, on the data partition), `agentctl update --now` loads
-    // 3's kernel and initrd and starts kexec.target: no firmware, no GRUB.
+    // policy set to kexec (a local drop-in, on the data partition), `agentctl update --now` starts
+    // kexec.target with 3's kernel and initrd, loaded when 3 was staged: no firmware, no GRUB.
     await publish(gen[3]);
-    expect((await vm.sh(`echo '{"rebootStrategy": "kexec"}' > /var/lib/liveup/agent.d/60-kexec.json && sleep 2`)).rc).toBe(0);
+    const policy = async (p: string) => expect((await vm.sh(`echo '{"rebootStrategy": "${p}"}' > /var/lib/liveup/agent.d/60-kexec.json && sleep 2`)).rc).toBe(0);
+    await policy('kexec');
+    // Staged for later (`--download-only`; a closed window does the same), the kexec's kernel and initrd
+    // are loaded at once, so the switch's downtime has no `kexec -l`; a changed plan unloads them.
+    const kexecLoaded = async () => (await vm.sh('cat /sys/kernel/kexec_loaded')).out.trim();
+    const preloaded = /its kernel and initrd \(\d+ MiB\) now loaded for the kexec/;
+    expect((await vm.sh('agentctl update --download-only --json', 900_000)).out).toMatch(preloaded);
+    expect(await kexecLoaded()).toBe('1');
+    await policy('reboot');
+    const replanned = await vm.sh('agentctl update --download-only --json', 300_000);
+    expect(replanned.rc, replanned.out).toBe(0);
+    expect(await kexecLoaded()).toBe('0');
+    await policy('kexec');
+    expect((await vm.sh('agentctl update --download-only --json', 300_000)).out).toMatch(preloaded);
+    expect(await kexecLoaded()).toBe('1');
     const beforeKexec = vm.console().length;
     const kexecStart = Date.now();
     const kexec = vm.sh('agentctl update --now --json', 900_000).catch(() => null);
@@ -180,7 +196,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect(kexecBoot).toMatch(/kexec/i);
     expect(kexecBoot).not.toMatch(/SeaBIOS|GNU GRUB/); // no firmware, no boot loader on the way
     await waitForShell(vm, beforeKexec);
-    log(`kexec: agentctl update --now (fetch, verify, stage, kexec) to a shell on generation 3 in ${((Date.now() - kexecStart) / 1000).toFixed(0)} s (TCG)`);
+    log(`kexec: agentctl update --now (staged and preloaded before) to a shell on generation 3 in ${((Date.now() - kexecStart) / 1000).toFixed(0)} s (TCG)`);
     expect((await vm.sh('cat /proc/cmdline')).out).toMatch(/liveup\.generation=3\b/);
     expect((await vm.sh('uname -r')).out.trim()).toBe(generationJson(gen[3]).kernel.version); // generation 3's kernel runs
     await g.bootCheckPassed();
@@ -189,7 +205,7 @@ describe.skipIf(!RUN)('VM: the agent replays an update live, then the image boot
     expect(await g.status()).toMatchObject({ bootedVersion: 3, lastGoodVersion: 3 });
     expect(await history()).toContainEqual(expect.objectContaining({ kind: 'update', version: 3 }));
     expect(await history()).toContainEqual(expect.objectContaining({
-      kind: 'apply', version: 3, status: 'succeeded', message: expect.stringMatching(/^kexec into 3.*\[check \d+\.\d\d s, stage \d+\.\d\d s, decide \d+\.\d\d s, (fleet-lock \d+\.\d\d s, )?kexec-load \d+\.\d\d s/),
+      kind: 'apply', version: 3, status: 'succeeded', message: expect.stringMatching(/^kexec into 3.*\[check \d+\.\d\d s, decide \d+\.\d\d s, (fleet-lock \d+\.\d\d s, )?kexec-preloaded \d+\.\d\d s, start-kexec\.target/),
     }));
   }, 120 * 60_000);
 });

@@ -5,10 +5,12 @@
  * syscall a kernel with signature checking or lockdown allows; `-l`
  * (kexec_load) only when the file-based call is not implemented.
  */
-import { join } from 'node:path';
+import { readFile, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { run as defaultRun, type Runner } from './exec.js';
 import { LiveupError, isLiveupError } from '../channel/errors.js';
 import { kernelParams } from '../core/bootmenu.js';
+import { ensureDir, writeFileAtomic } from '../util/fsatomic.js';
 
 export interface KexecTarget {
   readonly bootDir: string;
@@ -46,7 +48,90 @@ export async function loadKexec(t: KexecTarget, runner: Runner = defaultRun): Pr
   return { fileLoad: false };
 }
 
-/** Forget a loaded kernel (when the switch is called off). */
-export async function unloadKexec(runner: Runner = defaultRun): Promise<void> {
-  await runner('kexec', ['-u'], { timeoutMs: 30_000 });
+/**
+ * Where the agent keeps what it loaded, and where the kernel says whether
+ * anything is loaded. The kernel cannot be asked *which* image it holds, so
+ * the record (in /run: it ends with the boot, as the loaded image does) names
+ * it: the version, the command line and the identity of the two files.
+ */
+export interface KexecPaths {
+  readonly record?: string;
+  readonly loadedFlag?: string;
+  readonly runner?: Runner;
+}
+const RECORD = '/run/liveup/kexec-loaded.json';
+const LOADED_FLAG = '/sys/kernel/kexec_loaded';
+
+interface KexecRecord {
+  readonly version: number;
+  /** The command line and each file as path:size:mtime:inode — restaged files do not match. */
+  readonly image: readonly string[];
+}
+
+async function recordFor(t: KexecTarget): Promise<{ record: KexecRecord; bytes: number }> {
+  const args = kexecArgs(t, false);
+  const files = [args[1]!, args[2]!.slice('--initrd='.length)];
+  const st = await Promise.all(files.map((f) => stat(f).catch((e: unknown) => {
+    throw new LiveupError('NOT_FOUND', `kexec into ${t.version}: ${f} is not there (${(e as Error).message})`, { version: t.version }, { cause: e });
+  })));
+  return {
+    record: { version: t.version, image: [args[3]!, ...files.map((f, i) => `${f}:${st[i]!.size}:${st[i]!.mtimeMs}:${st[i]!.ino}`)] },
+    bytes: st.reduce((n, x) => n + x.size, 0),
+  };
+}
+
+async function readRecord(path: string): Promise<KexecRecord | null> {
+  const text = await readFile(path, 'utf8').catch(() => null);
+  if (text === null) return null;
+  try {
+    const r = JSON.parse(text) as Partial<KexecRecord>;
+    return typeof r.version === 'number' && Array.isArray(r.image) ? { version: r.version, image: r.image.map(String) } : null;
+  } catch {
+    return null; // a torn or foreign file: as if nothing were recorded
+  }
+}
+
+const kernelHoldsImage = async (flag: string): Promise<boolean> => (await readFile(flag, 'utf8').catch(() => '0')).trim() === '1';
+
+/** The kernel and initrd's size (what a loaded image holds in memory). */
+export async function kexecImageBytes(t: KexecTarget): Promise<number> {
+  return (await recordFor(t)).bytes;
+}
+
+/**
+ * `t` loaded for kexec.target: left as it is when the kernel holds an image
+ * and the record says it is this one (the same version, command line and
+ * files), loaded (and recorded) otherwise. So the agent loads a kexec's
+ * kernel when it stages the generation for a switch later (the window's
+ * downtime then has no `kexec -l`: ~1.4 s under TCG, the files read and the
+ * kernel's digest of them), and the switch checks and goes on.
+ * As systemd's `systemctl kexec`, what the kernel holds is what boots: a
+ * `kexec -l` by hand after the agent's is not seen; `kexec -u` is.
+ */
+export async function ensureKexecLoaded(t: KexecTarget, o: KexecPaths = {}): Promise<{ preloaded: boolean; bytes: number }> {
+  const recordPath = o.record ?? RECORD;
+  const { record, bytes } = await recordFor(t);
+  const had = await readRecord(recordPath);
+  if (had !== null && JSON.stringify(had) === JSON.stringify(record) && (await kernelHoldsImage(o.loadedFlag ?? LOADED_FLAG))) return { preloaded: true, bytes };
+  // The old record goes first: a load that fails half-way must not leave it naming the image.
+  await rm(recordPath, { force: true });
+  await loadKexec(t, o.runner);
+  await ensureDir(dirname(recordPath));
+  await writeFileAtomic(recordPath, JSON.stringify(record));
+  return { preloaded: false, bytes };
+}
+
+/**
+ * Forget the image the agent loaded when `drop` holds for its version (the
+ * plan changed, the generation runs now or is removed): `kexec -u`, so the
+ * memory is freed and no `shutdown -r` (which kexecs whenever an image is
+ * loaded) boots it. Returns the version dropped, or null.
+ */
+export async function unloadKexec(drop: (version: number) => boolean, o: KexecPaths = {}): Promise<number | null> {
+  const recordPath = o.record ?? RECORD;
+  const had = await readRecord(recordPath);
+  if (had === null || !drop(had.version)) return null;
+  if (await kernelHoldsImage(o.loadedFlag ?? LOADED_FLAG)) await (o.runner ?? defaultRun)('kexec', ['-u'], { timeoutMs: 30_000 });
+  await rm(recordPath, { force: true });
+  return had.version;
 }

@@ -141,15 +141,17 @@ export function decide(input: DecideInput): Decision {
 }
 
 /**
- * The generation to read into memory ahead of its soft-reboot
- * (adapters/prewarm.ts): one the decision soft-reboots into, but not now —
- * it waits (a window, people, a reboot slot) or nobody acts on it (staged by
- * `--download-only` or a schedule outside the window). null when the switch
- * runs now (reading ahead would only move the same reads before it) or is
- * not a soft-reboot (kexec and reboot start from an empty page cache).
+ * The switch to prepare ahead of time, and into which generation: one the
+ * decision soft-reboots or kexecs into, but not now — it waits (a window,
+ * people, a reboot slot) or nobody acts on it (staged by `--download-only` or
+ * a schedule outside the window). A soft-reboot's target has its files read
+ * into memory (adapters/prewarm.ts); a kexec's kernel and initrd are loaded
+ * (adapters/kexec.ts preloadKexec), so the window's downtime has neither.
+ * null when the switch runs now (preparing would only move the same work
+ * before it) or is a reboot (firmware and GRUB start from nothing).
  */
-export function prewarmTarget(d: Decision, actingNow: boolean): number | null {
+export function switchAhead(d: Decision, actingNow: boolean): { action: 'soft-reboot' | 'kexec'; version: number } | null {
   if (d.target === null) return null;
-  if (d.action === 'soft-reboot') return actingNow ? null : d.target;
-  return d.action === 'wait' && d.then === 'soft-reboot' ? d.target : null;
+  const action = d.action === 'wait' ? d.then : actingNow ? undefined : d.action;
+  return action === 'soft-reboot' || action === 'kexec' ? { action, version: d.target } : null;
 }
