@@ -23,7 +23,9 @@
  * target, staging includes the agent's prewarm (adapters/prewarm.ts: what
  * the machine runs and has read of its image, read from the target's image
  * into memory so the new userspace does not read it cold); a switch long after staging may
- * find those pages reclaimed, and is then as slow as without.
+ * find those pages reclaimed, and is then as slow as without. For the kexec's
+ * target, staging includes loading its kernel and initrd (adapters/kexec.ts
+ * ensureKexecLoaded), so the switch itself only starts kexec.target.
  *
  * The generations are the VM suite's (cached under /var/cache/liveup/vm):
  * 1 with the agent, 2 = 1 + hello sl figlet tree and the test service 1.1, 3 = 2 + libc6 rebuilt
