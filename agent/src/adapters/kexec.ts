@@ -3,7 +3,9 @@
  * so that starting kexec.target (systemd, over D-Bus) boots it without
  * firmware or bootloader. `kexec -s` (kexec_file_load) first: it is the
  * syscall a kernel with signature checking or lockdown allows; `-l`
- * (kexec_load) only when the file-based call is not implemented.
+ * (kexec_load) only when the file-based call is not implemented. A kexec
+ * decided for later is loaded when its generation is staged
+ * (ensureKexecLoaded), and unloaded when the plan changes (unloadKexec).
  */
 import { readFile, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';

@@ -146,7 +146,7 @@ export function decide(input: DecideInput): Decision {
  * people, a reboot slot) or nobody acts on it (staged by `--download-only` or
  * a schedule outside the window). A soft-reboot's target has its files read
  * into memory (adapters/prewarm.ts); a kexec's kernel and initrd are loaded
- * (adapters/kexec.ts preloadKexec), so the window's downtime has neither.
+ * (adapters/kexec.ts ensureKexecLoaded), so the window's downtime has neither.
  * null when the switch runs now (preparing would only move the same work
  * before it) or is a reboot (firmware and GRUB start from nothing).
  */
