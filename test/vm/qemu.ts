@@ -105,6 +105,10 @@ export function bootVm(opts: {
   allowGrubError?: boolean;
 }): Vm {
   writeFileSync(opts.consoleLog, '');
+  // When each piece of the console arrived (host ms, then the console's length after it): the
+  // guest's own timestamps restart with each kernel and stop between them (a kexec, a reboot).
+  const timesLog = `${opts.consoleLog}.times`;
+  writeFileSync(timesLog, '');
   // A QMP socket, only read when a wait times out (see diagnoseHang).
   // (A unix socket's path has ~107 bytes at most: a longer one goes without.)
   const qmpSocket = `${opts.consoleLog}.qmp`;
@@ -134,6 +138,7 @@ export function bootVm(opts: {
     const s = b.toString('latin1');
     text += s;
     appendFileSync(opts.consoleLog, s);
+    appendFileSync(timesLog, `${Date.now()} ${text.length}\n`);
     poke();
   };
   child.stdout!.on('data', onData);
