@@ -47,7 +47,7 @@ import * as hostFacts from './adapters/host.js';
 import type { FleetReporter } from './adapters/fleet.js';
 import type { JsonObject } from './adapters/journal.js';
 import { hostname, uptime } from 'node:os';
-import { ensureKexecLoaded, kexecImageBytes, paramsToKeep, unloadKexec } from './adapters/kexec.js';
+import { ensureKexecLoaded, kexecImageBytes, runningParamsToKeep, unloadKexec } from './adapters/kexec.js';
 import { handOverToNextRoot, prepareNextRoot, teardownNextRoot } from './adapters/nextroot.js';
 import { dropWarm, prewarm, residentFiles, warmList } from './adapters/prewarm.js';
 import { phaseTimer, type PhaseTimer } from './util/phases.js';
@@ -106,9 +106,8 @@ const NO_HOOKS: SwitchHooks = { mark: () => {}, beforeStart: () => {} };
 
 const THIS_MACHINE: SwitchActions = {
   async kexec(t, hooks = NO_HOOKS) {
-    const keep = paramsToKeep(await readFile('/proc/cmdline', 'utf8').catch(() => ''));
     // Loaded when the generation was staged for this switch (the agent's preload), or now.
-    const { preloaded } = await ensureKexecLoaded({ ...t, keep });
+    const { preloaded } = await ensureKexecLoaded({ ...t, keep: await runningParamsToKeep() });
     hooks.mark(preloaded ? 'kexec-preloaded' : 'kexec-load');
     hooks.beforeStart();
     await createSystemd('system').startTarget('kexec.target');
@@ -598,8 +597,7 @@ export class Agent implements AgentApi {
       const bytes = await kexecImageBytes(target);
       const mib = (bytes / 2 ** 20).toFixed(0);
       if (bytes > this.#config.prewarmMB * 2 ** 20) return `; its kernel and initrd (${mib} MiB) are more than prewarmMB: the kexec will load them`;
-      const keep = paramsToKeep(await readFile('/proc/cmdline', 'utf8').catch(() => ''));
-      const r = await ensureKexecLoaded({ ...target, keep });
+      const r = await ensureKexecLoaded({ ...target, keep: await runningParamsToKeep() });
       this.#log.info({ version: v, bytes, already: r.preloaded }, 'kexec image loaded ahead of the switch');
       return `; its kernel and initrd (${mib} MiB) ${r.preloaded ? 'are' : 'now'} loaded for the kexec`;
     } catch (e) {

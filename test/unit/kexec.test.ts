@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mkdtemp, mkdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ensureKexecLoaded, kexecArgs, loadKexec, paramsToKeep, unloadKexec } from '../../agent/src/adapters/kexec.js';
+import { ensureKexecLoaded, kexecArgs, loadKexec, paramsToKeep, runningParamsToKeep, unloadKexec } from '../../agent/src/adapters/kexec.js';
 import { nextRootPlan } from '../../agent/src/adapters/nextroot.js';
 import { LiveupError } from '../../agent/src/channel/errors.js';
 import type { Runner } from '../../agent/src/adapters/exec.js';
@@ -17,6 +17,17 @@ describe('kexec', () => {
     ]);
     expect(kexecArgs(target, false)[0]).toBe('-l');
     expect(paramsToKeep('BOOT_IMAGE=/live/3/vmlinuz boot=live console=tty0 console=ttyS0,115200 quiet')).toEqual(['console=tty0', 'console=ttyS0,115200']);
+  });
+
+  it('reads the running kernel\'s consoles from its command line; none when it cannot be read', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'liveup-cmdline-'));
+    try {
+      await writeFile(join(dir, 'cmdline'), 'boot=live console=ttyS0,115200 panic=5\n');
+      expect(await runningParamsToKeep(join(dir, 'cmdline'))).toEqual(['console=ttyS0,115200']);
+      expect(await runningParamsToKeep(join(dir, 'missing'))).toEqual([]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   // The runner is the edge: kexec really loading a kernel into this test host is not something a test may do.

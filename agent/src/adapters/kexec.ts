@@ -35,6 +35,11 @@ export function paramsToKeep(procCmdline: string): string[] {
   return procCmdline.split(/\s+/).filter((w) => /^console=/.test(w));
 }
 
+/** paramsToKeep of the running kernel's command line (none when it cannot be read). */
+export async function runningParamsToKeep(procCmdline = '/proc/cmdline'): Promise<string[]> {
+  return paramsToKeep(await readFile(procCmdline, 'utf8').catch(() => ''));
+}
+
 export async function loadKexec(t: KexecTarget, runner: Runner = defaultRun): Promise<{ fileLoad: boolean }> {
   try {
     await runner('kexec', kexecArgs(t, true), { timeoutMs: 60_000 });

@@ -162,6 +162,8 @@ export async function warmMounts(o: { dir?: string; initPid?: number } = {}): Pr
 export async function dropWarm(drop: (version: number) => boolean, o: { dir?: string; initPid?: number } = {}, runner: Runner = defaultRun): Promise<number[]> {
   const dir = o.dir ?? WARM_DIR;
   const gone = (await warmMounts(o)).filter(drop);
+  // Called after every decision, `--now`'s switch path included: nothing to drop costs one read.
+  if (gone.length === 0) return [];
   const mounts = gone.map((v) => join(dir, String(v)));
   // The same lazy unmount in PID 1's namespace as a refused soft-reboot's new root.
   await teardownNextRoot(mounts, runner, o.initPid);
