@@ -21,6 +21,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildAgentGeneration, REPO, runAsync } from '../test/vm/generation.js';
+import { median } from './median.js';
 import { newRunDir } from '../test/vm/cache.js';
 import { BOOT_CHECK_PASSED, BOOT_MILESTONES, bootVm, timeMilestones } from '../test/vm/qemu.js';
 
@@ -92,7 +93,6 @@ async function main(): Promise<void> {
     }
     results.push({ variant: v.name, seconds, milestones });
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const base = median(results[0]!.seconds);
   if (values.json) {
     process.stdout.write(JSON.stringify(results.map((r) => ({ ...r, median: median(r.seconds), ratio: median(r.seconds) / base }))) + '\n');
